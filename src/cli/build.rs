@@ -1,0 +1,138 @@
+//! `amimake build`: plan, then build the missing layers on the backend,
+//! recording each as it finishes, and optionally write a JSON summary.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::BackendArgs;
+use crate::builder::simulate::SimulateBuilder;
+use crate::builder::Builder;
+use crate::cache::Tiered;
+use crate::error::{Error, Result};
+use crate::executor::run::{run as run_plan, RunOptions};
+use crate::report::{reporter_for_stderr, rfc3339, BuildSummary, LayerResult};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Templates to build (default: all); missing ancestors are built first.
+    pub templates: Vec<String>,
+    /// How many layers to build at once (default: `jobs` in amimake.yaml, else 8).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Force the named layers (and so their descendants) to rebuild.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Force the named layers and all their ancestors to rebuild.
+    #[arg(long)]
+    pub rebuild_base: bool,
+    /// After a failure, keep building layers that do not depend on it.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Write a JSON summary of the build to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// simulate backend: sleep SECONDS when building NAME (repeatable).
+    #[arg(long = "simulate-duration", value_name = "NAME=SECONDS", value_parser = parse_duration_arg)]
+    pub simulate_duration: Vec<(String, Duration)>,
+    /// simulate backend: make layer NAME fail (repeatable).
+    #[arg(long = "simulate-fail", value_name = "NAME")]
+    pub simulate_fail: Vec<String>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+fn parse_duration_arg(s: &str) -> std::result::Result<(String, Duration), String> {
+    let (name, secs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=SECONDS, got `{s}`"))?;
+    let secs: f64 = secs
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{secs}` is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{secs} seconds is out of range (0 to 86400)"));
+    }
+    Ok((name.trim().to_string(), Duration::from_secs_f64(secs)))
+}
+
+/// A build id: UTC time plus a random suffix, e.g. `20261126T051500-3f9a1c`.
+pub fn new_build_id() -> String {
+    let now = std::time::SystemTime::now();
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    let compact: String = stamp.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{:?}{}", now, std::process::id()).as_bytes());
+    format!("{compact}-{}", &h.finalize().to_hex()[..6])
+}
+
+pub fn run(args: BuildArgs) -> Result<i32> {
+    let prepared = super::plan_cmd::prepare(&args.backend)?;
+    let project = &prepared.project;
+    for name in args.simulate_duration.iter().map(|(n, _)| n).chain(&args.simulate_fail) {
+        project.find(name)?;
+    }
+    let plan = super::plan_cmd::make_plan(&prepared, &args.templates, args.rebuild, args.rebuild_base)?;
+    let builder: Arc<dyn Builder> = Arc::new(SimulateBuilder {
+        durations: args.simulate_duration.iter().cloned().collect::<HashMap<_, _>>(),
+        fail: args.simulate_fail.iter().cloned().collect::<HashSet<_>>(),
+    });
+    let jobs = args.jobs.or(project.config.jobs).unwrap_or(8).max(1);
+    let build_id = new_build_id();
+    let opts = RunOptions {
+        build_id: build_id.clone(),
+        jobs,
+        keep_going: args.keep_going,
+        root_images: vec![None; project.layers.len()],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    let tiered = Tiered::new(&prepared.cache, None);
+    let mut reporter = reporter_for_stderr();
+    let outcome = runtime.block_on(run_plan(project, &plan, builder, &tiered, &opts, reporter.as_mut()))?;
+
+    if let Some(path) = &args.summary {
+        let summary = BuildSummary {
+            schema_version: 1,
+            build_id: build_id.clone(),
+            target: plan.target.clone(),
+            started_at: rfc3339(outcome.started_at),
+            finished_at: rfc3339(outcome.finished_at),
+            wall_seconds: outcome.wall_seconds,
+            layers: outcome.layers.clone(),
+        };
+        let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
+        std::fs::write(path, json + "\n").map_err(|e| Error::io(path, e))?;
+    }
+    let (built, reused, failed, skipped, cancelled) = (
+        outcome.count(LayerResult::Built),
+        outcome.count(LayerResult::Reused),
+        outcome.count(LayerResult::Failed),
+        outcome.count(LayerResult::Skipped),
+        outcome.count(LayerResult::Cancelled),
+    );
+    let mut line = format!(
+        "{built} built, {reused} reused, {failed} failed, {skipped} skipped in {:.2}s (build {build_id}, target {})",
+        outcome.wall_seconds, plan.target
+    );
+    if cancelled > 0 {
+        line.push_str(&format!(", {cancelled} cancelled"));
+    }
+    eprintln!("{line}");
+    if outcome.interrupted {
+        return Err(Error::Interrupted);
+    }
+    if failed > 0 {
+        return Err(Error::BuildFailed(format!(
+            "{failed} layer{} failed",
+            if failed == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(0)
+}

@@ -1,0 +1,157 @@
+//! The command line: clap definitions (doc comments become `--help`) and
+//! one module per subcommand.
+
+mod build;
+mod cache_cmd;
+mod explain;
+mod graph;
+mod hash_cmd;
+mod plan_cmd;
+mod show;
+mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::BackendKind;
+use crate::cache::{sqlite::cache_dir, LocalCache};
+use crate::config::find_root;
+use crate::error::{Error, Result};
+use crate::hash::{hash_all, HashState};
+use crate::template::resolve::Project;
+
+/// Incremental, content-addressed AMI builds from layered YAML templates.
+///
+/// Each template is one layer built on its parent's image; each layer has a
+/// content hash, and caches map hashes to images, so a build rebuilds only
+/// what changed and everything below it.
+///
+/// Start with `amimake graph`, `amimake plan` and `amimake explain <t>`.
+#[derive(Debug, Parser)]
+#[command(name = "amimake", version, max_term_width = 100)]
+pub struct Cli {
+    /// Change to DIR before doing anything (the project root is found by
+    /// walking up from there to `amimake.yaml`).
+    #[arg(short = 'C', value_name = "DIR", global = true)]
+    pub dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every template and amimake.yaml; report every error (exit 2).
+    Validate,
+    /// Print a template as written, or resolved along its chain.
+    Show(show::ShowArgs),
+    /// Print layer hashes (offline; unresolved sources give no hash).
+    Hash(hash_cmd::HashArgs),
+    /// Print the layer DAG, a chain, or a template's dependents.
+    Graph(graph::GraphArgs),
+    /// Show what a build would do and why, with time estimates.
+    Plan(plan_cmd::PlanArgs),
+    /// Build the targets' missing layers (ancestors first), reusing the rest.
+    Build(build::BuildArgs),
+    /// Explain, field by field, why a template would be rebuilt.
+    Explain(explain::ExplainArgs),
+    /// Inspect and manage the local layer cache.
+    Cache(cache_cmd::CacheArgs),
+}
+
+/// Output formats shared by several commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
+
+/// Backend selection shared by plan, build, hash and show.
+#[derive(Clone, Debug, Args)]
+pub struct BackendArgs {
+    /// Backend whose targets and hashes to use (default: `backend:` in
+    /// amimake.yaml, else ec2).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Use this image instead of every root's `source` (ec2, simulate).
+    #[arg(long, value_name = "AMI")]
+    pub base_ami: Option<String>,
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    if let Some(dir) = &cli.dir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| Error::Usage(format!("cannot change to directory {}: {e}", dir.display())))?;
+    }
+    match cli.command {
+        Command::Validate => validate::run(),
+        Command::Show(a) => show::run(a),
+        Command::Hash(a) => hash_cmd::run(a),
+        Command::Graph(a) => graph::run(a),
+        Command::Plan(a) => plan_cmd::run(a),
+        Command::Build(a) => build::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Cache(a) => cache_cmd::run(a),
+    }
+}
+
+/// Finds the project root from the working directory and loads it.
+pub(crate) fn load_project() -> Result<Project> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let root = find_root(&cwd)?;
+    Project::load(&root)
+}
+
+pub(crate) fn backend_of(project: &Project, args: &BackendArgs) -> Result<BackendKind> {
+    if let Some(b) = args.backend {
+        return Ok(b);
+    }
+    match &project.config.backend {
+        None => Ok(BackendKind::Ec2),
+        Some(name) => BackendKind::parse(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "amimake.yaml: unknown backend `{name}`; use ec2, local or simulate"
+            ))
+        }),
+    }
+}
+
+pub(crate) fn local_cache_dir(project: &Project) -> PathBuf {
+    cache_dir(project.config.cache.dir.as_deref(), &project.root)
+}
+
+/// Opens the local cache for writing.
+pub(crate) fn open_cache(project: &Project) -> Result<LocalCache> {
+    LocalCache::open(&local_cache_dir(project))
+}
+
+/// Offline hashes for `backend` (recorded resolutions, never the network).
+pub(crate) fn offline_hashes(
+    project: &Project,
+    backend: BackendKind,
+    base_ami: Option<&str>,
+) -> Result<Vec<HashState>> {
+    let needs_recorded = backend == BackendKind::Ec2
+        && base_ami.is_none()
+        && project
+            .layers
+            .iter()
+            .any(|l| l.source().is_some_and(|s| s.ami.is_none() && s.ami_filter.is_some()));
+    let recorded = if needs_recorded {
+        LocalCache::open_existing(&local_cache_dir(project))?
+    } else {
+        None
+    };
+    let region = crate::backend::region(project.config.region.as_deref());
+    Ok(hash_all(project, |layer| {
+        crate::backend::offline_root_source(backend, layer, base_ami, &region, recorded.as_ref())
+    }))
+}
+
+/// Writes JSON to stdout with a trailing newline.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Usage(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! Planning, a pure step: the layer DAG, its hashes and the cache in; for
+//! every layer that a build of the targets needs, an action (`build` or
+//! `reuse`) with a typed reason and field-level changes out.
+//!
+//! Rules:
+//! - The layers considered are the targets plus their ancestors.
+//! - `--rebuild` forces the targets; `--rebuild-base` forces the targets and
+//!   every ancestor.
+//! - A cache hit is reused unless forced, older than `rebuild.max_age`
+//!   (`expired`), or its image is gone (`stale`).
+//! - Whenever a layer is built, every considered descendant is built too
+//!   (reason `parent` unless it has its own): a child image is always baked
+//!   on its parent's current image.
+//! - A miss is `new` when the template was never built for this target (or
+//!   was built from exactly these inputs and then forgotten), `changed` when
+//!   its own inputs differ from the last build, `parent` when only the parent
+//!   differs, and `drift` when only a root's resolved `ami_filter` moved.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::cache::{CacheEntry, LocalCache, Tier, Tiered};
+use crate::error::{Error, Result};
+use crate::hash::diff::{diff, Change};
+use crate::hash::{HashState, LayerHash, LayerRecord};
+use crate::template::resolve::Project;
+
+/// Why a layer is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    New,
+    Changed,
+    Parent,
+    Forced,
+    Expired,
+    Stale,
+    Drift,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::New => "new",
+            Reason::Changed => "changed",
+            Reason::Parent => "parent",
+            Reason::Forced => "forced",
+            Reason::Expired => "expired",
+            Reason::Stale => "stale",
+            Reason::Drift => "drift",
+        }
+    }
+
+    /// A sentence for `explain`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::New => "no image has been built from these inputs for this target",
+            Reason::Changed => "its own inputs changed since it was last built",
+            Reason::Parent => "its parent is rebuilt or changed",
+            Reason::Forced => "forced by --rebuild or --rebuild-base",
+            Reason::Expired => "its cached image is older than rebuild.max_age",
+            Reason::Stale => "its cached image no longer exists",
+            Reason::Drift => "its source image filter now resolves to a newer image",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Build,
+    Reuse,
+}
+
+/// One layer's decision.
+#[derive(Clone, Debug)]
+pub struct PlannedLayer {
+    /// Index into `Project::layers`.
+    pub index: usize,
+    pub hash: LayerHash,
+    pub record: LayerRecord,
+    pub action: Action,
+    pub reason: Option<Reason>,
+    pub changes: Vec<Change>,
+    /// The cached entry when there is a hit (also for forced rebuilds).
+    pub entry: Option<CacheEntry>,
+    pub tier: Option<Tier>,
+    pub estimate_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub target: String,
+    /// Topological order.
+    pub layers: Vec<PlannedLayer>,
+}
+
+impl Plan {
+    pub fn position(&self, index: usize) -> Option<usize> {
+        self.layers.iter().position(|l| l.index == index)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    pub targets: Vec<String>,
+    pub rebuild: bool,
+    pub rebuild_base: bool,
+    /// Unix seconds "now", for expiry.
+    pub now: i64,
+    /// The backend resolves roots from a filter (ec2 `ami_filter`), so a
+    /// moved resolution is `drift` rather than `changed`.
+    pub drift_roots: Vec<usize>,
+}
+
+/// How many recent builds an estimate is the median of.
+const ESTIMATE_WINDOW: usize = 5;
+
+/// Decides what to build. `exists` checks that a cached image still exists.
+pub fn plan(
+    project: &Project,
+    hashes: &[HashState],
+    cache: &Tiered<'_>,
+    target: &str,
+    opts: &PlanOptions,
+    exists: &dyn Fn(&CacheEntry) -> bool,
+) -> Result<Plan> {
+    let selected = project.select(&opts.targets)?;
+    let considered = project.with_ancestors(&selected);
+    let mut forced = vec![false; project.layers.len()];
+    if opts.rebuild || opts.rebuild_base {
+        for &t in &selected {
+            if opts.rebuild_base {
+                for &a in &project.layers[t].chain {
+                    forced[a] = true;
+                }
+            }
+            forced[t] = true;
+        }
+    }
+
+    let mut known = Vec::with_capacity(considered.len());
+    for &i in &considered {
+        match &hashes[i] {
+            HashState::Known(h, r) => known.push((i, h.clone(), (**r).clone())),
+            HashState::Unresolved(why) => {
+                return Err(Error::Usage(format!(
+                    "cannot plan `{}`: {why}",
+                    project.layers[i].name()
+                )))
+            }
+        }
+    }
+    let local_hits = {
+        let keys: Vec<(&LayerHash, &str)> = known.iter().map(|(_, h, _)| (h, target)).collect();
+        cache.local.get_many(&keys)?
+    };
+
+    let mut out: Vec<PlannedLayer> = Vec::with_capacity(known.len());
+    let mut building = vec![false; project.layers.len()];
+    for ((i, hash, record), local_hit) in known.into_iter().zip(local_hits) {
+        let layer = &project.layers[i];
+        let hit = match local_hit {
+            Some(e) => Some((e, Tier::Local)),
+            None if cache.remote.is_some() => cache.lookup(&hash, target)?,
+            None => None,
+        };
+        let parent_rebuilt = layer.parent.filter(|&p| building[p]);
+        let parent_note = |changes: &mut Vec<Change>| {
+            if let Some(p) = parent_rebuilt {
+                let name = project.layers[p].name().to_string();
+                changes.retain(|c| !matches!(c, Change::ParentChanged { .. }));
+                changes.push(Change::ParentRebuilt { parent: name });
+            }
+        };
+        let mut changes = Vec::new();
+        let (action, reason) = if forced[i] {
+            (Action::Build, Some(Reason::Forced))
+        } else if let Some((entry, _)) = &hit {
+            let age = opts.now - entry.created_at;
+            if layer.max_age.is_some_and(|m| age > m.as_secs() as i64) {
+                (Action::Build, Some(Reason::Expired))
+            } else if !exists(entry) {
+                (Action::Build, Some(Reason::Stale))
+            } else if parent_rebuilt.is_some() {
+                parent_note(&mut changes);
+                (Action::Build, Some(Reason::Parent))
+            } else {
+                (Action::Reuse, None)
+            }
+        } else {
+            let reason = match cache.local.last_built(layer.name(), target)? {
+                Some((old_hash, Some(old))) if old_hash != hash => {
+                    changes = diff(&old, &record);
+                    let own = changes.iter().any(|c| !matches!(c, Change::ParentChanged { .. } | Change::Source { .. }));
+                    let source_moved = changes.iter().any(|c| matches!(c, Change::Source { .. }));
+                    if own {
+                        Reason::Changed
+                    } else if source_moved && opts.drift_roots.contains(&i) {
+                        Reason::Drift
+                    } else if source_moved {
+                        Reason::Changed
+                    } else if parent_rebuilt.is_some() || !changes.is_empty() {
+                        Reason::Parent
+                    } else {
+                        Reason::New
+                    }
+                }
+                _ if parent_rebuilt.is_some() => Reason::Parent,
+                _ => Reason::New,
+            };
+            parent_note(&mut changes);
+            (Action::Build, Some(reason))
+        };
+        if action == Action::Build {
+            building[i] = true;
+        }
+        let estimate_seconds = cache.local.estimate(layer.name(), target, ESTIMATE_WINDOW)?;
+        let (entry, tier) = match hit {
+            Some((e, t)) => (Some(e), Some(t)),
+            None => (None, None),
+        };
+        out.push(PlannedLayer {
+            index: i,
+            hash,
+            record,
+            action,
+            reason,
+            changes,
+            entry,
+            tier,
+            estimate_seconds,
+        });
+    }
+    Ok(Plan {
+        target: target.to_string(),
+        layers: out,
+    })
+}
+
+/// `explain`: the plan of one template's chain, as `build` would see it.
+pub fn explain_plan(
+    project: &Project,
+    hashes: &[HashState],
+    local: &LocalCache,
+    target: &str,
+    template: &str,
+    now: i64,
+) -> Result<Plan> {
+    let tiered = Tiered::new(local, None);
+    let opts = PlanOptions {
+        targets: vec![template.to_string()],
+        now,
+        ..Default::default()
+    };
+    plan(project, hashes, &tiered, target, &opts, &|_| true)
+}
