@@ -199,6 +199,18 @@ pub fn plan(
             let reason = match cache.local.last_built(layer.name(), target)? {
                 Some((old_hash, Some(old))) if old_hash != hash => {
                     changes = diff(&old, &record);
+                    // Effective build settings and variables inherited
+                    // unchanged-in-this-file are the parent's change.
+                    if layer.parent.is_some() {
+                        changes.retain(|c| match c {
+                            Change::Variable { key, .. } => layer.template.doc.variables.contains_key(key),
+                            Change::Build { key, .. } => own_build_key(&layer.template.doc.build, key),
+                            _ => true,
+                        });
+                        if !changes.iter().any(|c| matches!(c, Change::ParentChanged { .. })) && old.parent != record.parent {
+                            changes.push(Change::ParentChanged { parent: project.layers[layer.parent.unwrap_or(0)].name().to_string() });
+                        }
+                    }
                     let own = changes.iter().any(|c| !matches!(c, Change::ParentChanged { .. } | Change::Source { .. }));
                     let source_moved = changes.iter().any(|c| matches!(c, Change::Source { .. }));
                     if own {
@@ -213,10 +225,13 @@ pub fn plan(
                         Reason::New
                     }
                 }
-                _ if parent_rebuilt.is_some() => Reason::Parent,
+                // Never built for this target, or built from exactly these
+                // inputs and then forgotten.
                 _ => Reason::New,
             };
-            parent_note(&mut changes);
+            if reason != Reason::New {
+                parent_note(&mut changes);
+            }
             (Action::Build, Some(reason))
         };
         if action == Action::Build {
@@ -243,6 +258,17 @@ pub fn plan(
         target: target.to_string(),
         layers: out,
     })
+}
+
+/// Whether the template itself sets build key `key`.
+fn own_build_key(b: &crate::template::model::BuildSettings, key: &str) -> bool {
+    match key {
+        "instance_type" => b.instance_type.is_some(),
+        "architecture" => b.architecture.is_some(),
+        "volume_size_gb" => b.volume_size_gb.is_some(),
+        "volume_type" => b.volume_type.is_some(),
+        _ => true,
+    }
 }
 
 /// `explain`: the plan of one template's chain, as `build` would see it.
