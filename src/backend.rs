@@ -91,7 +91,8 @@ pub fn offline_root_source(
             }
             let Some(filter) = &source.ami_filter else {
                 return RootSource::Unresolved(
-                    "no ec2 source: give `source.ami` or `source.ami_filter`, or pass --base-ami".into(),
+                    "no ec2 source: give `source.ami` or `source.ami_filter`, or pass --base-ami"
+                        .into(),
                 );
             };
             match recorded.and_then(|c| c.resolution(&filter_key(region, filter)).ok().flatten()) {
@@ -100,7 +101,7 @@ pub fn offline_root_source(
                     image: Some(image),
                 },
                 None => RootSource::Unresolved(format!(
-                    "ami_filter has not been resolved in {region} yet; `amimake plan` resolves it"
+                    "ami_filter has no recorded resolution in {region} yet (an ec2 plan or build records one; or pass --base-ami, or --backend simulate)"
                 )),
             }
         }
@@ -119,11 +120,17 @@ pub fn offline_root_source(
                 match crate::hash::content_hash(&path) {
                     Ok((_, h)) => identity.push_str(&format!("+rootfs:{h}")),
                     Err(e) => {
-                        return RootSource::Unresolved(format!("cannot read rootfs `{}`: {e}", rootfs.value))
+                        return RootSource::Unresolved(format!(
+                            "cannot read rootfs `{}`: {e}",
+                            rootfs.value
+                        ))
                     }
                 }
             }
-            RootSource::Resolved { identity, image: None }
+            RootSource::Resolved {
+                identity,
+                image: None,
+            }
         }
     }
 }
@@ -134,6 +141,10 @@ pub fn region(config_region: Option<&str>) -> String {
     config_region
         .map(str::to_string)
         .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
-        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok().filter(|r| !r.is_empty()))
+        .or_else(|| {
+            std::env::var("AWS_DEFAULT_REGION")
+                .ok()
+                .filter(|r| !r.is_empty())
+        })
         .unwrap_or_else(|| "us-east-1".to_string())
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, Error, Result};
-use crate::yaml::read_yaml_file;
 
 pub const CONFIG_FILE: &str = "amimake.yaml";
 pub const DEFAULT_MAX_DEPTH: usize = 5;
@@ -27,9 +26,9 @@ pub struct Config {
     /// Default backend: `ec2`, `local` or `simulate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub cache: CacheConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub builder: BuilderConfig,
     /// Default `-j` for builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,14 +108,14 @@ pub fn find_root(start: &Path) -> Result<PathBuf> {
 /// Reads `amimake.yaml` at `root`; an empty file is a valid, default config.
 pub fn load_config(root: &Path) -> std::result::Result<Config, Diagnostic> {
     let path = root.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = crate::yaml::read_text(&path, CONFIG_FILE)?;
     if text.lines().all(|l| {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---"
     }) {
         return Ok(Config::default());
     }
-    let config: Config = read_yaml_file(&path, CONFIG_FILE)?;
+    let config: Config = crate::yaml::parse_yaml_str(&text, CONFIG_FILE)?;
     if config.max_depth == Some(0) {
         return Err(Diagnostic::new(
             crate::error::Loc::file_start(CONFIG_FILE),

@@ -95,10 +95,7 @@ pub fn render_diagnostics(diags: &[Diagnostic]) -> String {
         out.push('\n');
     }
     let n = diags.len();
-    out.push_str(&format!(
-        "{n} error{} found",
-        if n == 1 { "" } else { "s" }
-    ));
+    out.push_str(&format!("{n} error{} found", if n == 1 { "" } else { "s" }));
     out
 }
 

@@ -8,6 +8,16 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Diagnostic, Loc};
 
+/// A section written with every key commented out (`cache:` alone) is
+/// empty, not an error.
+pub fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + Default,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Largest YAML file amimake reads; a template is a few KiB.
 pub const MAX_YAML_BYTES: u64 = 1024 * 1024;
 
@@ -30,6 +40,11 @@ fn options() -> serde_saphyr::Options {
 
 /// Reads `path` (shown to the user as `display`) and deserializes it.
 pub fn read_yaml_file<T: DeserializeOwned>(path: &Path, display: &str) -> Result<T, Diagnostic> {
+    parse_yaml_str(&read_text(path, display)?, display)
+}
+
+/// Reads a YAML file as text: size limit, UTF-8 check, located errors.
+pub fn read_text(path: &Path, display: &str) -> Result<String, Diagnostic> {
     let here = || Loc::file_start(display);
     let meta = std::fs::metadata(path)
         .map_err(|e| Diagnostic::new(here(), format!("cannot read file: {e}")))?;
@@ -45,7 +60,7 @@ pub fn read_yaml_file<T: DeserializeOwned>(path: &Path, display: &str) -> Result
     }
     let bytes = std::fs::read(path)
         .map_err(|e| Diagnostic::new(here(), format!("cannot read file: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
+    String::from_utf8(bytes).map_err(|e| {
         Diagnostic::new(
             here(),
             format!(
@@ -53,8 +68,7 @@ pub fn read_yaml_file<T: DeserializeOwned>(path: &Path, display: &str) -> Result
                 e.utf8_error().valid_up_to()
             ),
         )
-    })?;
-    parse_yaml_str(&text, display)
+    })
 }
 
 /// Deserializes YAML text; `display` names the file in errors.
@@ -79,6 +93,33 @@ fn clean_message(raw: &str) -> String {
         Some(i) if first_line[i..].contains("column") => &first_line[..i],
         _ => first_line,
     };
+    if let Some(detail) = msg.split("budget breached:").nth(1) {
+        let detail = detail.trim();
+        if detail.starts_with("Documents") {
+            return "a template file holds one YAML document; found more than one (`---`)"
+                .to_string();
+        }
+        let what = detail
+            .split([' ', '{'])
+            .next()
+            .unwrap_or(detail)
+            .to_lowercase();
+        return format!(
+            "document exceeds the parse budget for a template ({what}: {}); aliases, nesting and size are limited",
+            detail.split_once('{').map(|(_, r)| r.trim_end_matches('}').trim()).unwrap_or("")
+        );
+    }
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((key, expected)) = rest.split_once("`, expected one of ") {
+            let options: Vec<&str> = expected.split(", ").map(|o| o.trim_matches('`')).collect();
+            let mut out = format!("unknown key `{key}`");
+            if let Some(s) = crate::template::resolve::did_you_mean(key, options.iter().copied()) {
+                out.push_str(&format!("; did you mean `{s}`?"));
+            }
+            out.push_str(&format!(" (allowed here: {})", options.join(", ")));
+            return out;
+        }
+    }
     if msg.starts_with("cannot deserialize null into string") {
         return "expected a string, found an empty value".to_string();
     }
@@ -109,7 +150,8 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused() {
         let doc = format!("x: {}{}\n", "[".repeat(500), "]".repeat(500));
-        let r: Result<BTreeMap<String, serde_json_like::Any>, _> = parse_yaml_str(&doc, "deep.yaml");
+        let r: Result<BTreeMap<String, serde_json_like::Any>, _> =
+            parse_yaml_str(&doc, "deep.yaml");
         assert!(r.is_err());
     }
 

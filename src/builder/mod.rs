@@ -68,7 +68,8 @@ impl LayerError {
     }
 }
 
-pub type BuildFuture<'a> = Pin<Box<dyn Future<Output = Result<BuiltImage, LayerError>> + Send + 'a>>;
+pub type BuildFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<BuiltImage, LayerError>> + Send + 'a>>;
 
 /// A backend that builds layers.
 pub trait Builder: Send + Sync {

@@ -34,7 +34,10 @@ impl Builder for SimulateBuilder {
                 return Err(LayerError {
                     message: format!("simulated failure of `{name}` (--simulate-fail)"),
                     log_tail: vec![
-                        format!("+ simulate: {name} on {}", job.parent_image.as_deref().unwrap_or("its source")),
+                        format!(
+                            "+ simulate: {name} on {}",
+                            job.parent_image.as_deref().unwrap_or("its source")
+                        ),
                         format!("+ simulate: {steps} provision step(s)"),
                         "simulate: exit status 1".to_string(),
                     ],

@@ -73,7 +73,10 @@ impl<'a> Tiered<'a> {
         let Some(remote) = &self.remote else {
             return Ok(None);
         };
-        if self.remote_disabled.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .remote_disabled
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(None);
         }
         match remote.get(hash, target) {
@@ -83,8 +86,12 @@ impl<'a> Tiered<'a> {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                tracing::warn!("remote cache {} unavailable, treating as a miss: {e}", remote.name());
-                self.remote_disabled.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "remote cache {} unavailable, treating as a miss: {e}",
+                    remote.name()
+                );
+                self.remote_disabled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(None)
             }
         }
@@ -95,7 +102,11 @@ impl<'a> Tiered<'a> {
         self.local.put(entry)?;
         if let Some(remote) = &self.remote {
             if let Err(e) = remote.put(entry) {
-                tracing::warn!("could not publish {} to remote cache {}: {e}", entry.hash.short(), remote.name());
+                tracing::warn!(
+                    "could not publish {} to remote cache {}: {e}",
+                    entry.hash.short(),
+                    remote.name()
+                );
             }
         }
         Ok(())
@@ -163,11 +174,21 @@ mod tests {
     fn remote_hit_is_written_back_locally() {
         let dir = tempfile::tempdir().unwrap();
         let local = LocalCache::open(dir.path()).unwrap();
-        let remote = FakeRemote { entries: Mutex::new(vec![entry(1)]), fail: false };
+        let remote = FakeRemote {
+            entries: Mutex::new(vec![entry(1)]),
+            fail: false,
+        };
         let tiered = Tiered::new(&local, Some(Box::new(remote)));
         let (hit, tier) = tiered.lookup(&entry(1).hash, "simulate").unwrap().unwrap();
         assert_eq!((hit.image.as_str(), tier), ("sim-1", Tier::Remote));
-        assert_eq!(local.get(&entry(1).hash, "simulate").unwrap().unwrap().image, "sim-1");
+        assert_eq!(
+            local
+                .get(&entry(1).hash, "simulate")
+                .unwrap()
+                .unwrap()
+                .image,
+            "sim-1"
+        );
         let (_, tier) = tiered.lookup(&entry(1).hash, "simulate").unwrap().unwrap();
         assert_eq!(tier, Tier::Local);
     }
@@ -176,7 +197,10 @@ mod tests {
     fn remote_error_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
         let local = LocalCache::open(dir.path()).unwrap();
-        let remote = FakeRemote { entries: Mutex::new(vec![]), fail: true };
+        let remote = FakeRemote {
+            entries: Mutex::new(vec![]),
+            fail: true,
+        };
         let tiered = Tiered::new(&local, Some(Box::new(remote)));
         assert!(tiered.lookup(&entry(2).hash, "simulate").unwrap().is_none());
     }

@@ -30,7 +30,11 @@ pub fn cache_dir(config_dir: Option<&str>, project_root: &Path) -> PathBuf {
     }
     if let Some(dir) = config_dir {
         let dir = expand_home(dir);
-        return if dir.is_absolute() { dir } else { project_root.join(dir) };
+        return if dir.is_absolute() {
+            dir
+        } else {
+            project_root.join(dir)
+        };
     }
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(xdg).join("amimake");
@@ -39,7 +43,9 @@ pub fn cache_dir(config_dir: Option<&str>, project_root: &Path) -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
 fn expand_home(p: &str) -> PathBuf {
@@ -154,7 +160,10 @@ impl LocalCache {
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction.
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -173,7 +182,10 @@ impl LocalCache {
                  FROM layers WHERE hash = ?1 AND target = ?2",
             )?;
             for (hash, target) in keys {
-                out.push(stmt.query_row(params![hash.as_str(), target], row_to_entry).optional()?);
+                out.push(
+                    stmt.query_row(params![hash.as_str(), target], row_to_entry)
+                        .optional()?,
+                );
             }
         }
         tx.commit()?;
@@ -187,8 +199,9 @@ impl LocalCache {
         }
         let now = now_unix();
         self.write(|tx| {
-            let mut stmt =
-                tx.prepare_cached("UPDATE layers SET last_used_at = ?3 WHERE hash = ?1 AND target = ?2")?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE layers SET last_used_at = ?3 WHERE hash = ?1 AND target = ?2",
+            )?;
             for (hash, target) in keys {
                 stmt.execute(params![hash.as_str(), target, now])?;
             }
@@ -261,7 +274,11 @@ impl LocalCache {
     }
 
     /// The record of the hash `template` was last built with on `target`.
-    pub fn last_built(&self, template: &str, target: &str) -> Result<Option<(LayerHash, Option<LayerRecord>)>> {
+    pub fn last_built(
+        &self,
+        template: &str,
+        target: &str,
+    ) -> Result<Option<(LayerHash, Option<LayerRecord>)>> {
         let conn = self.conn();
         let row: Option<(String, Option<String>)> = conn
             .prepare_cached(
@@ -292,8 +309,8 @@ impl LocalCache {
     /// Removes entries of a template (by name) or a hash (full or a prefix
     /// of at least 8 digits), on all targets or one. Returns how many.
     pub fn forget(&self, template_or_hash: &str, target: Option<&str>) -> Result<usize> {
-        let is_hash_prefix = template_or_hash.len() >= 8
-            && template_or_hash.chars().all(|c| c.is_ascii_hexdigit());
+        let is_hash_prefix =
+            template_or_hash.len() >= 8 && template_or_hash.chars().all(|c| c.is_ascii_hexdigit());
         self.write(|tx| {
             let n = if is_hash_prefix {
                 let pattern = format!("{}%", template_or_hash.to_ascii_lowercase());
@@ -324,8 +341,11 @@ impl LocalCache {
     pub fn stats(&self) -> Result<Stats> {
         let conn = self.conn();
         let entries = conn.query_row("SELECT count(*) FROM layers", [], |r| r.get(0))?;
-        let templates = conn.query_row("SELECT count(DISTINCT template) FROM layers", [], |r| r.get(0))?;
-        let mut stmt = conn.prepare("SELECT target, count(*) FROM layers GROUP BY target ORDER BY target")?;
+        let templates = conn.query_row("SELECT count(DISTINCT template) FROM layers", [], |r| {
+            r.get(0)
+        })?;
+        let mut stmt =
+            conn.prepare("SELECT target, count(*) FROM layers GROUP BY target ORDER BY target")?;
         let targets = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
@@ -444,7 +464,11 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheEntry> {
     let hash: String = r.get(0)?;
     Ok(CacheEntry {
         hash: LayerHash::parse(&hash).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "bad layer hash".into())
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                "bad layer hash".into(),
+            )
         })?,
         target: r.get(1)?,
         image: r.get(2)?,
@@ -476,7 +500,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(LocalCache::open(dir.path()).unwrap());
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
         let err = LocalCache::open(dir.path()).err().expect("must refuse");
         assert!(err.to_string().contains("upgrade amimake"), "{err}");
@@ -496,7 +521,11 @@ mod tests {
                 started_at: 0.0,
                 finished_at: *s,
                 seconds: *s,
-                result: if i == 3 { "failed".into() } else { "built".into() },
+                result: if i == 3 {
+                    "failed".into()
+                } else {
+                    "built".into()
+                },
             };
             c.record_build(None, &row, None).unwrap();
         }

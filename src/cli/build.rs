@@ -63,7 +63,10 @@ fn parse_duration_arg(s: &str) -> std::result::Result<(String, Duration), String
 pub fn new_build_id() -> String {
     let now = std::time::SystemTime::now();
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
-    let compact: String = stamp.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
+    let compact: String = stamp
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
     let mut h = blake3::Hasher::new();
     h.update(format!("{:?}{}", now, std::process::id()).as_bytes());
     format!("{compact}-{}", &h.finalize().to_hex()[..6])
@@ -72,12 +75,22 @@ pub fn new_build_id() -> String {
 pub fn run(args: BuildArgs) -> Result<i32> {
     let prepared = super::plan_cmd::prepare(&args.backend)?;
     let project = &prepared.project;
-    for name in args.simulate_duration.iter().map(|(n, _)| n).chain(&args.simulate_fail) {
+    for name in args
+        .simulate_duration
+        .iter()
+        .map(|(n, _)| n)
+        .chain(&args.simulate_fail)
+    {
         project.find(name)?;
     }
-    let plan = super::plan_cmd::make_plan(&prepared, &args.templates, args.rebuild, args.rebuild_base)?;
+    let plan =
+        super::plan_cmd::make_plan(&prepared, &args.templates, args.rebuild, args.rebuild_base)?;
     let builder: Arc<dyn Builder> = Arc::new(SimulateBuilder {
-        durations: args.simulate_duration.iter().cloned().collect::<HashMap<_, _>>(),
+        durations: args
+            .simulate_duration
+            .iter()
+            .cloned()
+            .collect::<HashMap<_, _>>(),
         fail: args.simulate_fail.iter().cloned().collect::<HashSet<_>>(),
     });
     let jobs = args.jobs.or(project.config.jobs).unwrap_or(8).max(1);
@@ -95,7 +108,14 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
     let tiered = Tiered::new(&prepared.cache, None);
     let mut reporter = reporter_for_stderr();
-    let outcome = runtime.block_on(run_plan(project, &plan, builder, &tiered, &opts, reporter.as_mut()))?;
+    let outcome = runtime.block_on(run_plan(
+        project,
+        &plan,
+        builder,
+        &tiered,
+        &opts,
+        reporter.as_mut(),
+    ))?;
 
     if let Some(path) = &args.summary {
         let summary = BuildSummary {

@@ -62,7 +62,10 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                     schema_version: 1,
                     entries: rows
                         .into_iter()
-                        .map(|(entry, last_used_at)| LsEntry { entry, last_used_at })
+                        .map(|(entry, last_used_at)| LsEntry {
+                            entry,
+                            last_used_at,
+                        })
                         .collect(),
                 })?,
                 TextOrJson::Text => {
@@ -72,7 +75,13 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                     let now = now_unix();
                     for (e, _) in rows {
                         let age = human_seconds((now - e.created_at).max(0) as f64);
-                        println!("{}  {:10}  {:24}  {}  ({age} old)", e.hash.short(), e.target, e.image, e.template);
+                        println!(
+                            "{}  {:10}  {:24}  {}  ({age} old)",
+                            e.hash.short(),
+                            e.target,
+                            e.image,
+                            e.template
+                        );
                     }
                 }
             }
@@ -91,7 +100,12 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                     for (t, n) in &s.targets {
                         println!("  {t:10} {n}");
                     }
-                    println!("builds      {} ({} failed), {} of building recorded", s.builds, s.builds_failed, human_seconds(s.build_seconds_total));
+                    println!(
+                        "builds      {} ({} failed), {} of building recorded",
+                        s.builds,
+                        s.builds_failed,
+                        human_seconds(s.build_seconds_total)
+                    );
                     println!("size        {} KiB", s.database_bytes / 1024);
                 }
             }

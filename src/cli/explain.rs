@@ -35,10 +35,23 @@ struct ExplainJson<'a> {
 
 pub fn run(args: ExplainArgs) -> Result<i32> {
     let p = super::plan_cmd::prepare(&args.backend)?;
-    let plan = explain_plan(&p.project, &p.hashes, &p.cache, &p.target, &args.template, now_unix())?;
-    let me = plan.layers.last().expect("the plan includes the template itself");
+    let plan = explain_plan(
+        &p.project,
+        &p.hashes,
+        &p.cache,
+        &p.target,
+        &args.template,
+        now_unix(),
+    )?;
+    let me = plan
+        .layers
+        .last()
+        .expect("the plan includes the template itself");
     let layer = &p.project.layers[me.index];
-    let last = p.cache.last_built(layer.name(), &p.target)?.map(|(h, _)| h.to_string());
+    let last = p
+        .cache
+        .last_built(layer.name(), &p.target)?
+        .map(|(h, _)| h.to_string());
     let image = (me.action == Action::Reuse)
         .then(|| me.entry.as_ref().map(|e| e.image.as_str()))
         .flatten();
@@ -60,11 +73,21 @@ pub fn run(args: ExplainArgs) -> Result<i32> {
         (Action::Reuse, _) => {
             let entry = me.entry.as_ref().expect("reuse has an entry");
             let age = human_seconds((now_unix() - entry.created_at).max(0) as f64);
-            println!("{} is up to date on {}: {} (built {age} ago)", layer.name(), p.target, entry.image);
+            println!(
+                "{} is up to date on {}: {} (built {age} ago)",
+                layer.name(),
+                p.target,
+                entry.image
+            );
         }
         (Action::Build, reason) => {
             let reason = reason.expect("a build has a reason");
-            println!("{} would be rebuilt on {}: {reason} — {}", layer.name(), p.target, reason.describe());
+            println!(
+                "{} would be rebuilt on {}: {reason} — {}",
+                layer.name(),
+                p.target,
+                reason.describe()
+            );
             for c in &me.changes {
                 println!("  {c}");
             }
@@ -77,7 +100,10 @@ pub fn run(args: ExplainArgs) -> Result<i32> {
     for l in &plan.layers[..plan.layers.len() - 1] {
         let a = &p.project.layers[l.index];
         let what = match l.action {
-            Action::Reuse => format!("reuse {}", l.entry.as_ref().map(|e| e.image.as_str()).unwrap_or("")),
+            Action::Reuse => format!(
+                "reuse {}",
+                l.entry.as_ref().map(|e| e.image.as_str()).unwrap_or("")
+            ),
             Action::Build => format!("build ({})", l.reason.map(|r| r.as_str()).unwrap_or("")),
         };
         println!("  ancestor   {}: {what}", a.name());

@@ -59,7 +59,13 @@ pub fn run(args: GraphArgs) -> Result<i32> {
         keep[i] = true;
     }
     let name = |i: usize| project.layers[i].name();
-    let kids = |i: usize| project.layers[i].children.iter().copied().filter(|&c| keep[c]);
+    let kids = |i: usize| {
+        project.layers[i]
+            .children
+            .iter()
+            .copied()
+            .filter(|&c| keep[c])
+    };
     match args.format {
         GraphFormat::Json => {
             let layers = shown
@@ -71,7 +77,10 @@ pub fn run(args: GraphArgs) -> Result<i32> {
                     children: kids(i).map(name).collect(),
                 })
                 .collect();
-            super::print_json(&GraphJson { schema_version: 1, layers })?;
+            super::print_json(&GraphJson {
+                schema_version: 1,
+                layers,
+            })?;
         }
         GraphFormat::Dot => {
             println!("digraph amimake {{\n  rankdir=TB;\n  node [shape=box];");
@@ -88,12 +97,11 @@ pub fn run(args: GraphArgs) -> Result<i32> {
         GraphFormat::Mermaid => {
             println!("graph TD");
             for &i in &shown {
-                let has_edge = kids(i).next().is_some() || project.layers[i].parent.is_some_and(|p| keep[p]);
-                if !has_edge {
-                    println!("  {}", mermaid_id(name(i)));
-                }
+                println!("  n{i}[\"{}\"]", name(i));
+            }
+            for &i in &shown {
                 for c in kids(i) {
-                    println!("  {} --> {}", mermaid_id(name(i)), mermaid_id(name(c)));
+                    println!("  n{i} --> n{c}");
                 }
             }
         }
@@ -113,15 +121,14 @@ pub fn run(args: GraphArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn mermaid_id(name: &str) -> String {
-    let id: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("{id}[\"{name}\"]")
-}
-
-fn tree(project: &Project, keep: &[bool], i: usize, prefix: &str, last: Option<bool>, out: &mut String) {
+fn tree(
+    project: &Project,
+    keep: &[bool],
+    i: usize,
+    prefix: &str,
+    last: Option<bool>,
+    out: &mut String,
+) {
     let l = &project.layers[i];
     let (branch, child_prefix) = match last {
         None => (String::new(), String::new()),
@@ -131,6 +138,13 @@ fn tree(project: &Project, keep: &[bool], i: usize, prefix: &str, last: Option<b
     out.push_str(&format!("{branch}{}  ({})\n", l.name(), l.file()));
     let kids: Vec<usize> = l.children.iter().copied().filter(|&c| keep[c]).collect();
     for (k, &c) in kids.iter().enumerate() {
-        tree(project, keep, c, &child_prefix, Some(k + 1 == kids.len()), out);
+        tree(
+            project,
+            keep,
+            c,
+            &child_prefix,
+            Some(k + 1 == kids.len()),
+            out,
+        );
     }
 }

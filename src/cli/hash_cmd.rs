@@ -55,7 +55,10 @@ pub fn run(args: HashArgs) -> Result<i32> {
         })
         .collect();
     match args.format {
-        TextOrJson::Json => super::print_json(&HashJson { schema_version: 1, layers })?,
+        TextOrJson::Json => super::print_json(&HashJson {
+            schema_version: 1,
+            layers,
+        })?,
         TextOrJson::Text => {
             let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
             for l in &layers {

@@ -81,8 +81,9 @@ pub struct BackendArgs {
 
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some(dir) = &cli.dir {
-        std::env::set_current_dir(dir)
-            .map_err(|e| Error::Usage(format!("cannot change to directory {}: {e}", dir.display())))?;
+        std::env::set_current_dir(dir).map_err(|e| {
+            Error::Usage(format!("cannot change to directory {}: {e}", dir.display()))
+        })?;
     }
     match cli.command {
         Command::Validate => validate::run(),
@@ -134,10 +135,10 @@ pub(crate) fn offline_hashes(
 ) -> Result<Vec<HashState>> {
     let needs_recorded = backend == BackendKind::Ec2
         && base_ami.is_none()
-        && project
-            .layers
-            .iter()
-            .any(|l| l.source().is_some_and(|s| s.ami.is_none() && s.ami_filter.is_some()));
+        && project.layers.iter().any(|l| {
+            l.source()
+                .is_some_and(|s| s.ami.is_none() && s.ami_filter.is_some())
+        });
     let recorded = if needs_recorded {
         LocalCache::open_existing(&local_cache_dir(project))?
     } else {

@@ -31,7 +31,6 @@ pub struct PlanArgs {
 /// A loaded project with its hashes and cache, ready to plan.
 pub(crate) struct Prepared {
     pub project: Project,
-    pub backend: BackendKind,
     pub hashes: Vec<HashState>,
     pub cache: LocalCache,
     pub target: String,
@@ -52,14 +51,18 @@ pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
     let cache = super::open_cache(&project)?;
     Ok(Prepared {
         project,
-        backend,
         hashes,
         cache,
         target,
     })
 }
 
-pub(crate) fn make_plan(p: &Prepared, targets: &[String], rebuild: bool, rebuild_base: bool) -> Result<Plan> {
+pub(crate) fn make_plan(
+    p: &Prepared,
+    targets: &[String],
+    rebuild: bool,
+    rebuild_base: bool,
+) -> Result<Plan> {
     let tiered = Tiered::new(&p.cache, None);
     let opts = PlanOptions {
         targets: targets.to_vec(),
@@ -104,16 +107,26 @@ pub(crate) struct Totals {
 /// Build time of the layers to build (None if any is unknown) and the time
 /// reuse saves (None if any reused layer's build time is unknown).
 pub(crate) fn totals(plan: &Plan) -> Totals {
-    let mut t = Totals { build: 0, reuse: 0, estimate_seconds: Some(0.0), saved_seconds: Some(0.0) };
+    let mut t = Totals {
+        build: 0,
+        reuse: 0,
+        estimate_seconds: Some(0.0),
+        saved_seconds: Some(0.0),
+    };
     for l in &plan.layers {
         match l.action {
             Action::Build => {
                 t.build += 1;
-                t.estimate_seconds = t.estimate_seconds.zip(l.estimate_seconds).map(|(a, b)| a + b);
+                t.estimate_seconds = t
+                    .estimate_seconds
+                    .zip(l.estimate_seconds)
+                    .map(|(a, b)| a + b);
             }
             Action::Reuse => {
                 t.reuse += 1;
-                let known = l.estimate_seconds.or(l.entry.as_ref().and_then(|e| e.build_seconds));
+                let known = l
+                    .estimate_seconds
+                    .or(l.entry.as_ref().and_then(|e| e.build_seconds));
                 t.saved_seconds = t.saved_seconds.zip(known).map(|(a, b)| a + b);
             }
         }
@@ -136,13 +149,22 @@ pub(crate) fn plan_json<'a>(project: &'a Project, plan: &'a Plan) -> PlanJson<'a
                 action: l.action,
                 reason: l.reason,
                 changes: l.changes.iter().map(|c| c.to_string()).collect(),
-                image: if reuse { l.entry.as_ref().map(|e| e.image.as_str()) } else { None },
+                image: if reuse {
+                    l.entry.as_ref().map(|e| e.image.as_str())
+                } else {
+                    None
+                },
                 cache: if reuse { l.tier } else { None },
                 estimate_seconds: l.estimate_seconds,
             }
         })
         .collect();
-    PlanJson { schema_version: 1, target: &plan.target, layers, totals: totals(plan) }
+    PlanJson {
+        schema_version: 1,
+        target: &plan.target,
+        layers,
+        totals: totals(plan),
+    }
 }
 
 pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
@@ -150,23 +172,43 @@ pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
     let width = plan
         .layers
         .iter()
-        .map(|l| project.layers[l.index].name().len() + 2 * (project.layers[l.index].chain.len() - 1))
+        .map(|l| {
+            project.layers[l.index].name().len() + 2 * (project.layers[l.index].chain.len() - 1)
+        })
         .max()
         .unwrap_or(0);
     for l in &plan.layers {
         let layer = &project.layers[l.index];
         let indent = "  ".repeat(layer.chain.len() - 1);
         let label = format!("{indent}{}", layer.name());
-        let estimate = l.estimate_seconds.map(human_seconds).unwrap_or_else(|| "unknown".into());
+        let estimate = l
+            .estimate_seconds
+            .map(human_seconds)
+            .unwrap_or_else(|| "unknown".into());
         match l.action {
             Action::Reuse => {
                 let image = l.entry.as_ref().map(|e| e.image.as_str()).unwrap_or("");
-                let tier = l.tier.map(|t| if t == crate::cache::Tier::Local { "local" } else { "remote" }).unwrap_or("");
-                println!("  {label:width$}  reuse  {image} ({tier} cache)  {}", l.hash.short());
+                let tier = l
+                    .tier
+                    .map(|t| {
+                        if t == crate::cache::Tier::Local {
+                            "local"
+                        } else {
+                            "remote"
+                        }
+                    })
+                    .unwrap_or("");
+                println!(
+                    "  {label:width$}  reuse  {image} ({tier} cache)  {}",
+                    l.hash.short()
+                );
             }
             Action::Build => {
                 let reason = l.reason.map(|r| r.as_str()).unwrap_or("");
-                println!("  {label:width$}  BUILD  {reason:8} est. {estimate}  {}", l.hash.short());
+                println!(
+                    "  {label:width$}  BUILD  {reason:8} est. {estimate}  {}",
+                    l.hash.short()
+                );
                 for c in &l.changes {
                     println!("  {:width$}         - {c}", "");
                 }
@@ -174,8 +216,14 @@ pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
         }
     }
     let t = totals(plan);
-    let est = t.estimate_seconds.map(human_seconds).unwrap_or_else(|| "unknown (no build history yet)".into());
-    let saved = t.saved_seconds.map(human_seconds).unwrap_or_else(|| "unknown".into());
+    let est = t
+        .estimate_seconds
+        .map(human_seconds)
+        .unwrap_or_else(|| "unknown (no build history yet)".into());
+    let saved = t
+        .saved_seconds
+        .map(human_seconds)
+        .unwrap_or_else(|| "unknown".into());
     println!(
         "{} to build, {} to reuse; estimated build time {est}; reuse saves {saved}",
         t.build, t.reuse

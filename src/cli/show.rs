@@ -50,7 +50,10 @@ struct FileView<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case")]
 enum StepView<'a> {
-    Script { path: &'a str, content_hash: &'a str },
+    Script {
+        path: &'a str,
+        content_hash: &'a str,
+    },
     Shell(&'a str),
 }
 
@@ -124,8 +127,16 @@ pub fn run(args: ShowArgs) -> Result<i32> {
         build: &layer.build,
         variables: &layer.variables,
         tags: &layer.tags,
-        software: layer.software.iter().map(|(m, l)| (m.as_str(), l)).collect(),
-        own_software: layer.own_software.iter().map(|(m, l)| (m.as_str(), l)).collect(),
+        software: layer
+            .software
+            .iter()
+            .map(|(m, l)| (m.as_str(), l))
+            .collect(),
+        own_software: layer
+            .own_software
+            .iter()
+            .map(|(m, l)| (m.as_str(), l))
+            .collect(),
         files: layer
             .files
             .iter()
@@ -141,7 +152,9 @@ pub fn run(args: ShowArgs) -> Result<i32> {
             .steps
             .iter()
             .map(|s| match s {
-                ResolvedStep::Script { path, content_hash, .. } => StepView::Script { path, content_hash },
+                ResolvedStep::Script {
+                    path, content_hash, ..
+                } => StepView::Script { path, content_hash },
                 ResolvedStep::Shell(text) => StepView::Shell(text),
             })
             .collect(),

@@ -203,15 +203,29 @@ pub fn plan(
                     // unchanged-in-this-file are the parent's change.
                     if layer.parent.is_some() {
                         changes.retain(|c| match c {
-                            Change::Variable { key, .. } => layer.template.doc.variables.contains_key(key),
-                            Change::Build { key, .. } => own_build_key(&layer.template.doc.build, key),
+                            Change::Variable { key, .. } => {
+                                layer.template.doc.variables.contains_key(key)
+                            }
+                            Change::Build { key, .. } => {
+                                own_build_key(&layer.template.doc.build, key)
+                            }
                             _ => true,
                         });
-                        if !changes.iter().any(|c| matches!(c, Change::ParentChanged { .. })) && old.parent != record.parent {
-                            changes.push(Change::ParentChanged { parent: project.layers[layer.parent.unwrap_or(0)].name().to_string() });
+                        if !changes
+                            .iter()
+                            .any(|c| matches!(c, Change::ParentChanged { .. }))
+                            && old.parent != record.parent
+                        {
+                            changes.push(Change::ParentChanged {
+                                parent: project.layers[layer.parent.unwrap_or(0)]
+                                    .name()
+                                    .to_string(),
+                            });
                         }
                     }
-                    let own = changes.iter().any(|c| !matches!(c, Change::ParentChanged { .. } | Change::Source { .. }));
+                    let own = changes.iter().any(|c| {
+                        !matches!(c, Change::ParentChanged { .. } | Change::Source { .. })
+                    });
                     let source_moved = changes.iter().any(|c| matches!(c, Change::Source { .. }));
                     if own {
                         Reason::Changed
@@ -237,7 +251,9 @@ pub fn plan(
         if action == Action::Build {
             building[i] = true;
         }
-        let estimate_seconds = cache.local.estimate(layer.name(), target, ESTIMATE_WINDOW)?;
+        let estimate_seconds = cache
+            .local
+            .estimate(layer.name(), target, ESTIMATE_WINDOW)?;
         let (entry, tier) = match hit {
             Some((e, t)) => (Some(e), Some(t)),
             None => (None, None),

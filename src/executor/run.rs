@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::task::JoinSet;
 
-use crate::builder::{BuiltImage, Builder, LayerError, LayerJob};
+use crate::builder::{Builder, BuiltImage, LayerError, LayerJob};
 use crate::cache::sqlite::HistoryRow;
 use crate::cache::{now_unix, CacheEntry, Tiered};
 use crate::error::Result;
@@ -57,13 +57,14 @@ enum State {
 async fn interrupt() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -97,7 +98,11 @@ pub async fn run(
     let mut touched = Vec::new();
     for (p, l) in plan.layers.iter().enumerate() {
         if l.action == Action::Reuse {
-            let image = l.entry.as_ref().map(|e| e.image.clone()).unwrap_or_default();
+            let image = l
+                .entry
+                .as_ref()
+                .map(|e| e.image.clone())
+                .unwrap_or_default();
             reporter.event(&Event::Reused {
                 name: project.layers[l.index].name().to_string(),
                 image: image.clone(),
@@ -190,7 +195,11 @@ pub async fn run(
         let l = &plan.layers[p];
         let layer = &project.layers[l.index];
         let name = layer.name().to_string();
-        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
         let mut history = HistoryRow {
             build_id: opts.build_id.clone(),
             template: name.clone(),
@@ -214,13 +223,19 @@ pub async fn run(
                     build_seconds: Some(seconds),
                     build_id: Some(opts.build_id.clone()),
                 };
-                cache.local.record_build(Some(&entry), &history, Some(&l.record))?;
+                cache
+                    .local
+                    .record_build(Some(&entry), &history, Some(&l.record))?;
                 if let Some(remote) = &cache.remote {
                     if let Err(e) = remote.put(&entry) {
                         tracing::warn!("could not publish {name} to the remote cache: {e}");
                     }
                 }
-                reporter.event(&Event::Built { name, image: built.image.clone(), seconds });
+                reporter.event(&Event::Built {
+                    name,
+                    image: built.image.clone(),
+                    seconds,
+                });
                 state[p] = State::Done(built.image);
             }
             Err(err) if err.cancelled => {
@@ -239,14 +254,14 @@ pub async fn run(
                     seconds,
                 });
                 state[p] = State::Over(LayerResult::Failed);
-                for d in 0..n {
+                for (d, s) in state.iter_mut().enumerate() {
                     let chain = &project.layers[plan.layers[d].index].chain;
-                    if d != p && chain.contains(&l.index) && state[d] == State::Waiting {
+                    if d != p && chain.contains(&l.index) && *s == State::Waiting {
                         reporter.event(&Event::Skipped {
                             name: project.layers[plan.layers[d].index].name().to_string(),
                             because: format!("{name} failed"),
                         });
-                        state[d] = State::Over(LayerResult::Skipped);
+                        *s = State::Over(LayerResult::Skipped);
                     }
                 }
                 if !opts.keep_going {
@@ -264,7 +279,12 @@ pub async fn run(
                 reporter.event(&Event::Cancelled { name });
                 *s = State::Over(LayerResult::Cancelled);
             } else {
-                reporter.event(&Event::Skipped { name, because: "an earlier layer failed (use --keep-going to continue independent layers)".into() });
+                reporter.event(&Event::Skipped {
+                    name,
+                    because:
+                        "an earlier layer failed (use --keep-going to continue independent layers)"
+                            .into(),
+                });
                 *s = State::Over(LayerResult::Skipped);
             }
         }
@@ -277,7 +297,9 @@ pub async fn run(
         .enumerate()
         .map(|(p, l)| {
             let (result, image) = match &state[p] {
-                State::Done(img) if l.action == Action::Reuse => (LayerResult::Reused, Some(img.clone())),
+                State::Done(img) if l.action == Action::Reuse => {
+                    (LayerResult::Reused, Some(img.clone()))
+                }
                 State::Done(img) => (LayerResult::Built, Some(img.clone())),
                 State::Over(r) => (*r, None),
                 State::Waiting | State::Running => (LayerResult::Cancelled, None),

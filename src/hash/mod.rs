@@ -77,8 +77,10 @@ impl LayerHash {
     }
     /// Accepts 64 lowercase hex digits.
     pub fn parse(s: &str) -> Option<LayerHash> {
-        (s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
-            .then(|| LayerHash(s.to_string()))
+        (s.len() == 64
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+        .then(|| LayerHash(s.to_string()))
     }
 }
 
@@ -158,7 +160,10 @@ pub fn layer_inputs(layer: &Layer) -> (LayerInputs, InputLabels) {
         }
     };
     put("instance_type", b.instance_type.clone());
-    put("architecture", b.architecture.as_ref().map(|a| a.value.clone()));
+    put(
+        "architecture",
+        b.architecture.as_ref().map(|a| a.value.clone()),
+    );
     put("volume_size_gb", b.volume_size_gb.map(|v| v.to_string()));
     put("volume_type", b.volume_type.clone());
     let software = layer
@@ -212,7 +217,10 @@ pub fn layer_inputs(layer: &Layer) -> (LayerInputs, InputLabels) {
 pub enum RootSource {
     /// The source identity string of the module table, and the image ID
     /// where there is one (ec2).
-    Resolved { identity: String, image: Option<String> },
+    Resolved {
+        identity: String,
+        image: Option<String>,
+    },
     /// Cannot be hashed without the network (or at all on this backend).
     Unresolved(String),
 }
@@ -293,11 +301,13 @@ pub fn content_hash(path: &Path) -> std::io::Result<(bool, String)> {
             h.update(rel.as_bytes());
             h.update(b"\0");
         } else if ft.is_file() {
-            h.update(if is_executable(&entry.metadata().map_err(std::io::Error::other)?) {
-                b"x\0"
-            } else {
-                b"f\0"
-            });
+            h.update(
+                if is_executable(&entry.metadata().map_err(std::io::Error::other)?) {
+                    b"x\0"
+                } else {
+                    b"f\0"
+                },
+            );
             h.update(rel.as_bytes());
             h.update(b"\0");
             h.update(file_hash(entry.path())?.as_bytes());
@@ -305,7 +315,11 @@ pub fn content_hash(path: &Path) -> std::io::Result<(bool, String)> {
             h.update(b"l\0");
             h.update(rel.as_bytes());
             h.update(b"\0");
-            h.update(std::fs::read_link(entry.path())?.to_string_lossy().as_bytes());
+            h.update(
+                std::fs::read_link(entry.path())?
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
         }
     }
     Ok((true, h.finalize().to_hex().to_string()))

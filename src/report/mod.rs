@@ -36,12 +36,32 @@ impl LayerResult {
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    Reused { name: String, image: String },
-    Started { name: String, reason: Reason },
-    Built { name: String, image: String, seconds: f64 },
-    Failed { name: String, message: String, log_tail: Vec<String>, seconds: f64 },
-    Skipped { name: String, because: String },
-    Cancelled { name: String },
+    Reused {
+        name: String,
+        image: String,
+    },
+    Started {
+        name: String,
+        reason: Reason,
+    },
+    Built {
+        name: String,
+        image: String,
+        seconds: f64,
+    },
+    Failed {
+        name: String,
+        message: String,
+        log_tail: Vec<String>,
+        seconds: f64,
+    },
+    Skipped {
+        name: String,
+        because: String,
+    },
+    Cancelled {
+        name: String,
+    },
     Interrupted,
 }
 
@@ -80,13 +100,27 @@ impl Reporter for PlainReporter {
         let line = match event {
             Event::Reused { name, image } => format!("{name}: reused {image}"),
             Event::Started { name, reason } => format!("{name}: building ({reason})"),
-            Event::Built { name, image, seconds } => format!("{name}: built {image} in {seconds:.1}s"),
-            Event::Failed { name, message, log_tail, seconds } => {
-                format!("{} (after {seconds:.1}s)", failure_lines(name, message, log_tail))
+            Event::Built {
+                name,
+                image,
+                seconds,
+            } => format!("{name}: built {image} in {seconds:.1}s"),
+            Event::Failed {
+                name,
+                message,
+                log_tail,
+                seconds,
+            } => {
+                format!(
+                    "{} (after {seconds:.1}s)",
+                    failure_lines(name, message, log_tail)
+                )
             }
             Event::Skipped { name, because } => format!("{name}: skipped ({because})"),
             Event::Cancelled { name } => format!("{name}: cancelled"),
-            Event::Interrupted => "interrupted: stopping running layers and cleaning up".to_string(),
+            Event::Interrupted => {
+                "interrupted: stopping running layers and cleaning up".to_string()
+            }
         };
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "[{ts}] {line}");
@@ -137,17 +171,29 @@ impl Reporter for TerminalReporter {
                 bar.enable_steady_tick(Duration::from_millis(120));
                 self.bars.push((name.clone(), bar));
             }
-            Event::Built { name, image, seconds } => {
+            Event::Built {
+                name,
+                image,
+                seconds,
+            } => {
                 if let Some(bar) = self.take_bar(name) {
                     bar.finish_and_clear();
                 }
                 self.line(format!("    built  {name} {image} in {seconds:.1}s"));
             }
-            Event::Failed { name, message, log_tail, .. } => {
+            Event::Failed {
+                name,
+                message,
+                log_tail,
+                ..
+            } => {
                 if let Some(bar) = self.take_bar(name) {
                     bar.finish_and_clear();
                 }
-                self.line(format!("   FAILED  {}", failure_lines(name, message, log_tail)));
+                self.line(format!(
+                    "   FAILED  {}",
+                    failure_lines(name, message, log_tail)
+                ));
             }
             Event::Skipped { name, because } => self.line(format!("  skipped  {name} ({because})")),
             Event::Cancelled { name } => {
@@ -156,7 +202,9 @@ impl Reporter for TerminalReporter {
                 }
                 self.line(format!("cancelled  {name}"));
             }
-            Event::Interrupted => self.line("interrupted: stopping running layers and cleaning up".into()),
+            Event::Interrupted => {
+                self.line("interrupted: stopping running layers and cleaning up".into())
+            }
         }
     }
 

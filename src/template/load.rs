@@ -164,7 +164,10 @@ fn check_template(t: &Template) -> Vec<Diagnostic> {
         if !matches!(arch.value.as_str(), "x86_64" | "arm64") {
             diags.push(Diagnostic::new(
                 at(&arch.referenced),
-                format!("unknown architecture `{}`; use `x86_64` or `arm64`", arch.value),
+                format!(
+                    "unknown architecture `{}`; use `x86_64` or `arm64`",
+                    arch.value
+                ),
             ));
         }
     }
@@ -199,7 +202,10 @@ fn check_template(t: &Template) -> Vec<Diagnostic> {
         if !f.dest.value.starts_with('/') {
             diags.push(Diagnostic::new(
                 at(&f.dest.referenced),
-                format!("`dest: {}` must be an absolute path in the image", f.dest.value),
+                format!(
+                    "`dest: {}` must be an absolute path in the image",
+                    f.dest.value
+                ),
             ));
         }
         if let Some(mode) = &f.mode {
@@ -209,7 +215,10 @@ fn check_template(t: &Template) -> Vec<Diagnostic> {
             if !ok {
                 diags.push(Diagnostic::new(
                     at(&mode.referenced),
-                    format!("invalid mode `{}`; write octal bits as a string, e.g. \"0644\"", mode.value),
+                    format!(
+                        "invalid mode `{}`; write octal bits as a string, e.g. \"0644\"",
+                        mode.value
+                    ),
                 ));
             }
         }
@@ -251,9 +260,9 @@ fn check_source(
     }
     if let Some(ami) = &src.ami {
         let id = ami.value.as_str();
-        let ok = id
-            .strip_prefix("ami-")
-            .is_some_and(|hex| (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit()));
+        let ok = id.strip_prefix("ami-").is_some_and(|hex| {
+            (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
         if !ok {
             diags.push(Diagnostic::new(
                 at(&ami.referenced),

@@ -24,22 +24,50 @@ pub struct TemplateDoc {
     /// Base image; only on root templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Spanned<Source>>,
-    #[serde(default, skip_serializing_if = "BuildSettings::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "BuildSettings::is_empty"
+    )]
     pub build: BuildSettings,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub variables: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Software::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "Software::is_empty"
+    )]
     pub software: Software,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub files: Vec<FileSpec>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub provision: Vec<Step>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildPolicy>,
     /// Regions to copy the image to after a build (multi-region).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::yaml::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub regions: Vec<String>,
 }
 

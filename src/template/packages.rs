@@ -70,7 +70,7 @@ impl Manager {
                     Some((n, v)) => (n, Some(v.trim().to_string())),
                     None => {
                         let end = spec
-                            .find(|c: char| matches!(c, '<' | '>' | '!' | '~' | '=' | ';' | ' '))
+                            .find(['<', '>', '!', '~', '=', ';', ' '])
                             .unwrap_or(spec.len());
                         (&spec[..end], None)
                     }
@@ -105,16 +105,25 @@ mod tests {
 
     #[test]
     fn versions_per_manager() {
-        assert_eq!(p(Spack, "gcc@13.2.0"), ("gcc".into(), Some("13.2.0".into())));
+        assert_eq!(
+            p(Spack, "gcc@13.2.0"),
+            ("gcc".into(), Some("13.2.0".into()))
+        );
         assert_eq!(
             p(Spack, "gromacs@2024.3+mpi"),
             ("gromacs".into(), Some("2024.3".into()))
         );
         assert_eq!(p(Spack, "openmpi"), ("openmpi".into(), None));
         assert_eq!(p(Spack, "hdf5+mpi ^openmpi@4"), ("hdf5".into(), None));
-        assert_eq!(p(Apt, "cmake=3.28.3-1"), ("cmake".into(), Some("3.28.3-1".into())));
+        assert_eq!(
+            p(Apt, "cmake=3.28.3-1"),
+            ("cmake".into(), Some("3.28.3-1".into()))
+        );
         assert_eq!(p(Apt, "git"), ("git".into(), None));
-        assert_eq!(p(Pip, "NumPy==1.26.4"), ("numpy".into(), Some("1.26.4".into())));
+        assert_eq!(
+            p(Pip, "NumPy==1.26.4"),
+            ("numpy".into(), Some("1.26.4".into()))
+        );
         assert_eq!(p(Pip, "my_pkg[extra]>=2"), ("my-pkg".into(), None));
         assert_eq!(
             p(Dnf, "python3-devel-3.9.18"),

@@ -180,7 +180,13 @@ fn parse_all(root: &Path, paths: &[PathBuf]) -> Vec<Result<Template, Vec<Diagnos
     std::thread::scope(|s| {
         let handles: Vec<_> = paths
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|p| parse_template(root, p)).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|p| parse_template(root, p))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -251,7 +257,8 @@ fn link(
         let Some(ext) = &t.doc.extends else { continue };
         let target = ext.value.trim();
         let loc = t.loc(&ext.referenced);
-        let looks_like_path = target.contains('/') || target.ends_with(".yaml") || target.ends_with(".yml");
+        let looks_like_path =
+            target.contains('/') || target.ends_with(".yaml") || target.ends_with(".yml");
         let found = if looks_like_path {
             let joined = normalize(&t.dir().join(target));
             if !joined.starts_with(&root) {
@@ -281,7 +288,10 @@ fn link(
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| target.to_string());
                 if let Some(s) = did_you_mean(&stem, by_name.keys().map(String::as_str)) {
-                    d = d.note(format!("did you mean `{s}` ({})?", templates[by_name[s]].file));
+                    d = d.note(format!(
+                        "did you mean `{s}` ({})?",
+                        templates[by_name[s]].file
+                    ));
                 }
                 diags.push(d);
                 broken[i] = true;
@@ -305,7 +315,6 @@ fn link(
                 if !reported_cycles.contains(&key) {
                     reported_cycles.push(key);
                     // Report in extends order starting at the smallest name.
-                    cycle.reverse();
                     let start = (0..cycle.len())
                         .min_by_key(|&k| &templates[cycle[k]].name)
                         .unwrap_or(0);
@@ -324,7 +333,12 @@ fn link(
                     for &k in &cycle {
                         let t = &templates[k];
                         if let Some(e) = &t.doc.extends {
-                            d = d.note(format!("{} extends `{}` at {}", t.name, e.value, t.loc(&e.referenced)));
+                            d = d.note(format!(
+                                "{} extends `{}` at {}",
+                                t.name,
+                                e.value,
+                                t.loc(&e.referenced)
+                            ));
                         }
                     }
                     diags.push(d);
@@ -444,7 +458,9 @@ fn merge_layer(
         Some(p) => p.build.merged_with(&doc.build),
         None => doc.build.clone(),
     };
-    let mut variables = parent_layer.map(|p| p.variables.clone()).unwrap_or_default();
+    let mut variables = parent_layer
+        .map(|p| p.variables.clone())
+        .unwrap_or_default();
     variables.extend(doc.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut tags = parent_layer.map(|p| p.tags.clone()).unwrap_or_default();
     tags.extend(doc.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -465,7 +481,8 @@ fn merge_layer(
                     n == name && v.as_ref().is_some_and(|v| v != version)
                 });
                 if let Some(other) = clash {
-                    let where_other = package_location(layers, &t, &other.from, manager, &other.spec);
+                    let where_other =
+                        package_location(layers, &t, &other.from, manager, &other.spec);
                     diags.push(
                         Diagnostic::new(
                             t.loc(&spec.referenced),
@@ -497,7 +514,12 @@ fn merge_layer(
                 src_path: path,
                 is_dir,
                 dest: f.dest.value.clone(),
-                mode: f.mode.as_ref().map(|m| m.value.clone()),
+                // "644", "0644" and "00644" are the same bits.
+                mode: f.mode.as_ref().map(|m| {
+                    u32::from_str_radix(&m.value, 8)
+                        .map(|bits| format!("{bits:04o}"))
+                        .unwrap_or_else(|_| m.value.clone())
+                }),
                 owner: f.owner.clone(),
                 content_hash,
             });
@@ -510,7 +532,10 @@ fn merge_layer(
                 if is_dir {
                     diags.push(Diagnostic::new(
                         t.loc(&script.referenced),
-                        format!("`script: {}` is a directory; name a script file", script.value),
+                        format!(
+                            "`script: {}` is a directory; name a script file",
+                            script.value
+                        ),
                     ));
                     continue;
                 }
@@ -562,7 +587,13 @@ fn merge_layer(
 }
 
 /// Where `spec` was written in the template named `from` (an ancestor).
-fn package_location(layers: &[Layer], current: &Template, from: &str, manager: Manager, spec: &str) -> Loc {
+fn package_location(
+    layers: &[Layer],
+    current: &Template,
+    from: &str,
+    manager: Manager,
+    spec: &str,
+) -> Loc {
     let t = layers
         .iter()
         .map(|l| &l.template)
@@ -600,7 +631,9 @@ pub fn resolve_input(
     if leaves(&joined) {
         diags.push(Diagnostic::new(
             loc,
-            format!("`{rel}` leaves the project root; keep scripts and files inside the repository"),
+            format!(
+                "`{rel}` leaves the project root; keep scripts and files inside the repository"
+            ),
         ));
         return None;
     }
@@ -609,7 +642,10 @@ pub fn resolve_input(
         Err(_) => {
             diags.push(Diagnostic::new(
                 loc,
-                format!("`{rel}` not found (looked for {})", display_path(root, &joined)),
+                format!(
+                    "`{rel}` not found (looked for {})",
+                    display_path(root, &joined)
+                ),
             ));
             return None;
         }

@@ -46,8 +46,14 @@ impl Project {
             "extends: foundation\nsoftware: {spack: [\"namd@3.0\"]}\nprovision: [{shell: echo namd}]\n",
         );
         p.file("files/modules.sh", "export MODULEPATH=/opt/modules\n");
-        p.file("scripts/install-spack.sh", "#!/bin/sh\nset -eu\ngit clone spack \"$spack_root\"\n");
-        p.file("scripts/build-gromacs.sh", "#!/bin/sh\nset -eu\nspack load gromacs\n");
+        p.file(
+            "scripts/install-spack.sh",
+            "#!/bin/sh\nset -eu\ngit clone spack \"$spack_root\"\n",
+        );
+        p.file(
+            "scripts/build-gromacs.sh",
+            "#!/bin/sh\nset -eu\nspack load gromacs\n",
+        );
         p
     }
 
@@ -105,7 +111,12 @@ impl Project {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| (l["name"].as_str().unwrap().to_string(), l["hash"].as_str().map(String::from)))
+            .map(|l| {
+                (
+                    l["name"].as_str().unwrap().to_string(),
+                    l["hash"].as_str().map(String::from),
+                )
+            })
             .collect()
     }
 }
@@ -142,12 +153,19 @@ pub fn changed(
 impl Project {
     /// `hash --format json --backend B` as name -> hash (resolved only).
     pub fn hashes_for(&self, backend: &str) -> std::collections::BTreeMap<String, String> {
-        let v = self.ok(&["hash", "--format", "json", "--backend", backend]).json();
+        let v = self
+            .ok(&["hash", "--format", "json", "--backend", backend])
+            .json();
         v["layers"]
             .as_array()
             .unwrap()
             .iter()
-            .filter_map(|l| Some((l["name"].as_str()?.to_string(), l["hash"].as_str()?.to_string())))
+            .filter_map(|l| {
+                Some((
+                    l["name"].as_str()?.to_string(),
+                    l["hash"].as_str()?.to_string(),
+                ))
+            })
             .collect()
     }
 }
