@@ -56,8 +56,12 @@ impl Manager {
                     .find(|c: char| matches!(c, '@' | '+' | '~' | '^' | '%') || c.is_whitespace())
                     .unwrap_or(spec.len());
                 let name = spec[..end].to_string();
-                let version = spec.find('@').map(|at| {
-                    let rest = &spec[at + 1..];
+                // Only the root spec: `^dep@ver` pins a dependency.
+                let root = &spec[..spec
+                    .find(|c: char| c == '^' || c.is_whitespace())
+                    .unwrap_or(spec.len())];
+                let version = root.find('@').map(|at| {
+                    let rest = &root[at + 1..];
                     let stop = rest
                         .find(|c: char| matches!(c, '+' | '~' | '^' | '%') || c.is_whitespace())
                         .unwrap_or(rest.len());
