@@ -7,6 +7,7 @@
 //! ([`executor`]) with a [`builder`] backend; [`report`] renders progress and
 //! versioned JSON summaries; [`cli`] is the command line.
 
+pub mod aws;
 pub mod backend;
 pub mod builder;
 pub mod cache;

@@ -9,6 +9,8 @@
 //! - A failed build says why in [`LayerError::message`] and gives the tail
 //!   of the layer's log, which the reporter shows.
 
+pub mod bootstrap;
+pub mod ec2;
 pub mod simulate;
 
 use std::future::Future;

@@ -68,6 +68,17 @@ pub struct HistoryRow {
     pub result: String,
 }
 
+/// A cloud resource recorded for orphan cleanup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRow {
+    pub id: String,
+    pub kind: String,
+    pub region: Option<String>,
+    pub build_id: String,
+    pub layer: String,
+    pub pid: i64,
+}
+
 /// Totals for `cache stats`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Stats {
@@ -388,6 +399,76 @@ impl LocalCache {
             )?;
             Ok(())
         })
+    }
+
+    /// Records a cloud resource about to be created (or just created).
+    pub fn record_resource(
+        &self,
+        id: &str,
+        kind: &str,
+        region: &str,
+        build_id: &str,
+        layer: &str,
+        hash: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO resources (id, kind, region, build_id, layer, hash, pid, created_at, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'live')",
+                params![id, kind, region, build_id, layer, hash, std::process::id(), now_unix()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a placeholder ID (`pending:<token>`) with the real one.
+    pub fn rename_resource(&self, old: &str, new: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE resources SET id = ?2 WHERE id = ?1",
+                params![old, new],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The resource is gone (or owned by the cache now).
+    pub fn forget_resource(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM resources WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    /// Every recorded resource: (id, kind, region, build id, pid).
+    pub fn resources(&self) -> Result<Vec<ResourceRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, region, build_id, layer, pid FROM resources ORDER BY created_at",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ResourceRow {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    region: r.get(2)?,
+                    build_id: r.get(3)?,
+                    layer: r.get(4)?,
+                    pid: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Every build id in the history.
+    pub fn build_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT DISTINCT build_id FROM builds")?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     /// `PRAGMA integrity_check`; `ok` when healthy.

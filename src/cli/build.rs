@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::plan_cmd::Live;
 use super::BackendArgs;
+use crate::builder::ec2::{Ec2Builder, Ec2Settings, Poller};
 use crate::builder::simulate::SimulateBuilder;
 use crate::builder::Builder;
 use crate::cache::Tiered;
 use crate::error::{Error, Result};
+use crate::executor::plan::{Action, Reason};
 use crate::executor::run::{run as run_plan, RunOptions};
 use crate::report::{reporter_for_stderr, rfc3339, BuildSummary, LayerResult};
 
@@ -85,30 +88,63 @@ pub fn run(args: BuildArgs) -> Result<i32> {
     }
     let plan =
         super::plan_cmd::make_plan(&prepared, &args.templates, args.rebuild, args.rebuild_base)?;
-    let builder: Arc<dyn Builder> = Arc::new(SimulateBuilder {
-        durations: args
-            .simulate_duration
-            .iter()
-            .cloned()
-            .collect::<HashMap<_, _>>(),
-        fail: args.simulate_fail.iter().cloned().collect::<HashSet<_>>(),
-    });
     let jobs = args.jobs.or(project.config.jobs).unwrap_or(8).max(1);
     let build_id = new_build_id();
+    let mut root_images = vec![None; project.layers.len()];
+    let builder: Arc<dyn Builder> = match &prepared.live {
+        Live::Simulate => Arc::new(SimulateBuilder {
+            durations: args
+                .simulate_duration
+                .iter()
+                .cloned()
+                .collect::<HashMap<_, _>>(),
+            fail: args.simulate_fail.iter().cloned().collect::<HashSet<_>>(),
+        }),
+        Live::Ec2 {
+            aws,
+            root_images: roots,
+            ..
+        } => {
+            root_images = roots.clone();
+            let settings = ec2_settings(&project.config)?;
+            let poller = Poller::new(aws.clone(), settings.poll_interval);
+            prepared.runtime.spawn(poller.clone().run());
+            Arc::new(Ec2Builder {
+                aws: aws.clone(),
+                target: prepared.target.clone(),
+                settings,
+                cache: prepared.cache.clone(),
+                poller,
+            })
+        }
+    };
+    // Entries whose image is gone are dropped; the layer is rebuilt (`stale`).
+    for l in plan
+        .layers
+        .iter()
+        .filter(|l| l.reason == Some(Reason::Stale))
+    {
+        prepared.cache.remove(&l.hash, &plan.target)?;
+    }
+    for l in &plan.layers {
+        if l.action == Action::Build {
+            let layer = &project.layers[l.index];
+            if layer.parent.is_none() {
+                if let Some(image) = &root_images[l.index] {
+                    eprintln!("{}: source image {image}", layer.name());
+                }
+            }
+        }
+    }
     let opts = RunOptions {
         build_id: build_id.clone(),
         jobs,
         keep_going: args.keep_going,
-        root_images: vec![None; project.layers.len()],
+        root_images,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
     let tiered = Tiered::new(&prepared.cache, None);
     let mut reporter = reporter_for_stderr();
-    let outcome = runtime.block_on(run_plan(
+    let outcome = prepared.runtime.block_on(run_plan(
         project,
         &plan,
         builder,
@@ -155,4 +191,34 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         )));
     }
     Ok(0)
+}
+
+/// The ec2 builder's settings from `amimake.yaml`; a missing bucket is a
+/// configuration error naming the key.
+fn ec2_settings(config: &crate::config::Config) -> Result<Ec2Settings> {
+    let b = &config.builder;
+    let bucket = b.artifacts_bucket.clone().ok_or_else(|| {
+        Error::Usage(
+            "an ec2 build needs `builder.artifacts_bucket` in amimake.yaml: an S3 bucket in the build region where amimake uploads layer bundles and builders upload their logs".into(),
+        )
+    })?;
+    let duration = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(text) => crate::template::load::parse_duration(text)
+                .map_err(|e| Error::Usage(format!("amimake.yaml: builder.{key}: {e}"))),
+        }
+    };
+    Ok(Ec2Settings {
+        artifacts_bucket: bucket,
+        artifacts_prefix: b
+            .artifacts_prefix
+            .clone()
+            .unwrap_or_else(|| "amimake".into()),
+        subnet: b.subnet.clone(),
+        security_groups: b.security_groups.clone(),
+        instance_profile: b.instance_profile.clone(),
+        poll_interval: duration("poll_interval", &b.poll_interval, Duration::from_secs(5))?,
+        max_wait: duration("max_wait", &b.max_wait, Duration::from_secs(2 * 3600))?,
+    })
 }

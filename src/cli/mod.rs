@@ -4,6 +4,7 @@
 mod build;
 mod cache_cmd;
 mod explain;
+mod gc;
 mod graph;
 mod hash_cmd;
 mod plan_cmd;
@@ -58,6 +59,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Inspect and manage the local layer cache.
     Cache(cache_cmd::CacheArgs),
+    /// Remove what builds left behind (`--orphans`).
+    Gc(gc::GcArgs),
 }
 
 /// Output formats shared by several commands.
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Build(a) => build::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Cache(a) => cache_cmd::run(a),
+        Command::Gc(a) => gc::run(a),
     }
 }
 

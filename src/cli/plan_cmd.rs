@@ -1,14 +1,18 @@
 //! `amimake plan`: what a build would do, why, and how long it would take.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use clap::Args;
 use serde::Serialize;
 
 use super::{BackendArgs, TextOrJson};
+use crate::aws::Aws;
 use crate::backend::BackendKind;
 use crate::cache::{now_unix, LocalCache, Tiered};
 use crate::error::{Error, Result};
 use crate::executor::plan::{plan, Action, Plan, PlanOptions};
-use crate::hash::HashState;
+use crate::hash::{HashState, RootSource};
 use crate::report::human_seconds;
 use crate::template::resolve::Project;
 
@@ -32,29 +36,187 @@ pub struct PlanArgs {
 pub(crate) struct Prepared {
     pub project: Project,
     pub hashes: Vec<HashState>,
-    pub cache: LocalCache,
+    pub cache: Arc<LocalCache>,
     pub target: String,
+    pub runtime: tokio::runtime::Runtime,
+    pub live: Live,
+}
+
+/// What a backend learned online while preparing.
+pub(crate) enum Live {
+    Simulate,
+    Ec2 {
+        aws: Aws,
+        /// Each root's source image, by layer index.
+        root_images: Vec<Option<String>>,
+        /// Roots whose source comes from an `ami_filter`.
+        drift_roots: Vec<usize>,
+        /// Cached images that still exist and are available, with the
+        /// layer hash they are tagged with.
+        existing: HashMap<String, String>,
+    },
 }
 
 pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
     let project = super::load_project()?;
     let backend = super::backend_of(&project, backend_args)?;
-    let target = match backend {
-        BackendKind::Simulate => crate::builder::simulate::TARGET.to_string(),
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    let base_ami = backend_args.base_ami.as_deref();
+    let (target, hashes, live) = match backend {
+        BackendKind::Simulate => (
+            crate::builder::simulate::TARGET.to_string(),
+            super::offline_hashes(&project, backend, base_ami)?,
+            Live::Simulate,
+        ),
+        BackendKind::Ec2 => runtime.block_on(prepare_ec2(&project, base_ami))?,
         other => {
             return Err(Error::Usage(format!(
-                "the {other} backend is not available in this version of amimake yet; use --backend simulate"
+                "the {other} backend is not available in this version of amimake yet; use --backend ec2 or simulate"
             )))
         }
     };
-    let hashes = super::offline_hashes(&project, backend, backend_args.base_ami.as_deref())?;
-    let cache = super::open_cache(&project)?;
+    let cache = Arc::new(super::open_cache(&project)?);
+    let live = match live {
+        Live::Ec2 {
+            aws,
+            root_images,
+            drift_roots,
+            ..
+        } => {
+            // Which cached images still exist (one batched call).
+            let keys: Vec<(&crate::hash::LayerHash, &str)> = hashes
+                .iter()
+                .filter_map(|h| h.hash())
+                .map(|h| (h, target.as_str()))
+                .collect();
+            let images: Vec<String> = cache
+                .get_many(&keys)?
+                .into_iter()
+                .flatten()
+                .map(|e| e.image)
+                .collect();
+            let found = runtime
+                .block_on(aws.describe_images(&images))
+                .map_err(|e| Error::BuildFailed(format!("cannot check cached images: {e}")))?;
+            let existing = found
+                .into_iter()
+                .filter(|i| i.state == "available")
+                .filter_map(|i| Some((i.id, i.tags.get("amimake:layer-hash")?.clone())))
+                .collect();
+            Live::Ec2 {
+                aws,
+                root_images,
+                drift_roots,
+                existing,
+            }
+        }
+        other => other,
+    };
     Ok(Prepared {
         project,
         hashes,
         cache,
         target,
+        runtime,
+        live,
     })
+}
+
+/// Connects to AWS, resolves every root's source live (recording
+/// `ami_filter` resolutions for offline commands) and hashes.
+async fn prepare_ec2(
+    project: &Project,
+    base_ami: Option<&str>,
+) -> Result<(String, Vec<HashState>, Live)> {
+    let aws = Aws::connect(project.config.region.as_deref())
+        .await
+        .map_err(Error::Usage)?;
+    let account = aws.account().await.map_err(|e| {
+        Error::Usage(format!(
+            "cannot use AWS credentials ({e}); check AWS_PROFILE / aws sso login"
+        ))
+    })?;
+    let target = format!("ec2/{account}/{}", aws.region);
+    let recorder = super::open_cache(project)?;
+    let mut root_images: Vec<Option<String>> = vec![None; project.layers.len()];
+    let mut drift_roots = Vec::new();
+    for (i, layer) in project.layers.iter().enumerate() {
+        if layer.parent.is_some() {
+            continue;
+        }
+        let where_ = format!("`{}` ({})", layer.name(), layer.file());
+        let source = layer.source();
+        let image = if let Some(ami) = base_ami {
+            ami.to_string()
+        } else if let Some(ami) = source.and_then(|s| s.ami.as_ref()) {
+            ami.value.clone()
+        } else if let Some(filter) = source.and_then(|s| s.ami_filter.as_ref()) {
+            let found = aws
+                .resolve_filter(filter)
+                .await
+                .map_err(|e| Error::BuildFailed(format!("resolving the source of {where_}: {e}")))?
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no available image in {} matches the ami_filter of {where_} (name `{}`, owners {})",
+                        aws.region,
+                        filter.name,
+                        filter.owners.join(", ")
+                    ))
+                })?;
+            recorder
+                .record_resolution(&crate::backend::filter_key(&aws.region, filter), &found.id)?;
+            drift_roots.push(i);
+            found.id
+        } else {
+            return Err(Error::Usage(format!(
+                "{where_} has no ec2 source: give `source.ami` or `source.ami_filter`, or pass --base-ami"
+            )));
+        };
+        let info = aws
+            .describe_images(std::slice::from_ref(&image))
+            .await
+            .map_err(|e| Error::BuildFailed(format!("checking the source of {where_}: {e}")))?;
+        match info.first() {
+            Some(img) if img.state == "available" => {}
+            Some(img) => {
+                return Err(Error::Usage(format!(
+                    "source image {image} of {where_} is `{}`, not available",
+                    img.state
+                )))
+            }
+            None => {
+                return Err(Error::Usage(format!(
+                    "source image {image} of {where_} does not exist in {} (or is not visible to account {account})",
+                    aws.region
+                )))
+            }
+        }
+        root_images[i] = Some(image);
+    }
+    let hashes = crate::hash::hash_all(project, |layer| {
+        let i = project.get(layer.name()).unwrap_or(0);
+        match &root_images[i] {
+            Some(image) => RootSource::Resolved {
+                identity: format!("ec2:{image}"),
+                image: Some(image.clone()),
+            },
+            None => RootSource::Unresolved("unresolved".into()),
+        }
+    });
+    Ok((
+        target,
+        hashes,
+        Live::Ec2 {
+            aws,
+            root_images,
+            drift_roots,
+            existing: HashMap::new(),
+        },
+    ))
 }
 
 pub(crate) fn make_plan(
@@ -64,14 +226,22 @@ pub(crate) fn make_plan(
     rebuild_base: bool,
 ) -> Result<Plan> {
     let tiered = Tiered::new(&p.cache, None);
+    let drift_roots = match &p.live {
+        Live::Ec2 { drift_roots, .. } => drift_roots.clone(),
+        Live::Simulate => Vec::new(),
+    };
     let opts = PlanOptions {
         targets: targets.to_vec(),
         rebuild,
         rebuild_base,
         now: now_unix(),
-        drift_roots: Vec::new(),
+        drift_roots,
     };
-    plan(&p.project, &p.hashes, &tiered, &p.target, &opts, &|_| true)
+    let exists = |e: &crate::cache::CacheEntry| match &p.live {
+        Live::Ec2 { existing, .. } => existing.get(&e.image).is_some_and(|h| h == e.hash.as_str()),
+        Live::Simulate => true,
+    };
+    plan(&p.project, &p.hashes, &tiered, &p.target, &opts, &exists)
 }
 
 #[derive(Serialize)]

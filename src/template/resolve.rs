@@ -420,10 +420,17 @@ fn link(
     let mut templates: Vec<Option<Template>> = templates.into_iter().map(Some).collect();
     let mut layers: Vec<Layer> = Vec::with_capacity(order.len());
     let canonical_root = root.clone();
+    // `builder:` defaults in amimake.yaml apply under every root (and so
+    // are hashed like the template's own settings).
+    let defaults = BuildSettings {
+        instance_type: config.builder.instance_type.clone(),
+        volume_size_gb: config.builder.volume_size_gb,
+        ..BuildSettings::default()
+    };
     for &old in &order {
         let t = templates[old].take().expect("each template is placed once");
         let parent_new = parent[old].map(|p| new_index[p]);
-        let layer = merge_layer(&canonical_root, t, parent_new, &layers, diags);
+        let layer = merge_layer(&canonical_root, &defaults, t, parent_new, &layers, diags);
         if let Some(p) = parent_new {
             let idx = layers.len();
             layers[p].children.push(idx);
@@ -445,6 +452,7 @@ fn link(
 
 fn merge_layer(
     root: &Path,
+    defaults: &BuildSettings,
     t: Template,
     parent: Option<usize>,
     layers: &[Layer],
@@ -456,7 +464,7 @@ fn merge_layer(
     let doc = &t.doc;
     let build = match parent_layer {
         Some(p) => p.build.merged_with(&doc.build),
-        None => doc.build.clone(),
+        None => defaults.merged_with(&doc.build),
     };
     let mut variables = parent_layer
         .map(|p| p.variables.clone())

@@ -1,0 +1,168 @@
+//! `amimake gc --orphans`: find and remove cloud resources left behind by
+//! builds that are no longer running (after `kill -9`, a crash or a lost
+//! connection), by the local record of every resource created and by the
+//! `amimake:build-id` tag on instances.
+
+use std::collections::HashSet;
+
+use clap::Args;
+
+use crate::aws::Aws;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Remove builder instances and half-made images of builds that are no
+    /// longer running.
+    #[arg(long)]
+    pub orphans: bool,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Tagged instances of builds unknown here are only orphans this old.
+const FOREIGN_ORPHAN_AGE_SECS: i64 = 24 * 3600;
+
+fn pid_alive(pid: i64) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn run(args: GcArgs) -> Result<i32> {
+    if !args.orphans {
+        return Err(Error::Usage(
+            "say what to collect: `amimake gc --orphans` removes resources of builds that are no longer running".into(),
+        ));
+    }
+    let project = super::load_project()?;
+    let cache = super::open_cache(&project)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let aws = Aws::connect(project.config.region.as_deref())
+            .await
+            .map_err(Error::Usage)?;
+        let aws_err = |e: crate::aws::AwsError| Error::BuildFailed(e.to_string());
+        let records = cache.resources()?;
+        let running: HashSet<&str> = records
+            .iter()
+            .filter(|r| r.pid != std::process::id() as i64 && pid_alive(r.pid))
+            .map(|r| r.build_id.as_str())
+            .collect();
+        let known: HashSet<String> = records
+            .iter()
+            .map(|r| r.build_id.clone())
+            .chain(cache.build_ids()?)
+            .collect();
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removing"
+        };
+        let mut removed = 0usize;
+
+        // By record.
+        let mut instances: Vec<(String, Option<String>)> = Vec::new(); // (instance, record id)
+        for r in records
+            .iter()
+            .filter(|r| !running.contains(r.build_id.as_str()))
+        {
+            if r.region.as_deref().is_some_and(|reg| reg != aws.region) {
+                continue;
+            }
+            match r.kind.as_str() {
+                "instance" => {
+                    if let Some(token) = r.id.strip_prefix("pending:") {
+                        for i in aws
+                            .instances_by_token(&r.build_id, token)
+                            .await
+                            .map_err(aws_err)?
+                        {
+                            instances.push((i, Some(r.id.clone())));
+                        }
+                        if !args.dry_run {
+                            cache.forget_resource(&r.id)?;
+                        }
+                    } else {
+                        instances.push((r.id.clone(), Some(r.id.clone())));
+                    }
+                }
+                "image" => {
+                    let ids: Vec<String> = match r.id.strip_prefix("pending-image:") {
+                        Some(name) => aws.images_named(name).await.map_err(aws_err)?,
+                        None => vec![r.id.clone()],
+                    };
+                    for image in ids {
+                        let info = aws
+                            .describe_images(std::slice::from_ref(&image))
+                            .await
+                            .map_err(aws_err)?;
+                        let snapshots = info
+                            .first()
+                            .map(|i| i.snapshots.clone())
+                            .unwrap_or_default();
+                        println!(
+                            "{verb} image {image} (layer {}, build {}) and {} snapshot(s)",
+                            r.layer,
+                            r.build_id,
+                            snapshots.len()
+                        );
+                        removed += 1;
+                        if !args.dry_run {
+                            aws.delete_image(&image, &snapshots)
+                                .await
+                                .map_err(aws_err)?;
+                        }
+                    }
+                    if !args.dry_run {
+                        cache.forget_resource(&r.id)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // By tag.
+        let now = crate::cache::now_unix();
+        for (id, build, launched) in aws.tagged_instances().await.map_err(aws_err)? {
+            if running.contains(build.as_str()) || instances.iter().any(|(i, _)| *i == id) {
+                continue;
+            }
+            let old = launched.is_some_and(|t| now - t > FOREIGN_ORPHAN_AGE_SECS);
+            if known.contains(&build) || old {
+                instances.push((id, None));
+            }
+        }
+        let states = aws
+            .instance_states(&instances.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>())
+            .await
+            .map_err(aws_err)?;
+        let mut to_terminate = Vec::new();
+        for (id, record) in &instances {
+            match states.get(id).map(String::as_str) {
+                None | Some("terminated") | Some("shutting-down") => {}
+                Some(state) => {
+                    println!("{verb} instance {id} ({state})");
+                    to_terminate.push(id.clone());
+                }
+            }
+            if let (false, Some(rec)) = (args.dry_run, record) {
+                cache.forget_resource(rec)?;
+            }
+        }
+        removed += to_terminate.len();
+        if !args.dry_run {
+            aws.terminate(&to_terminate).await.map_err(aws_err)?;
+        }
+        if removed == 0 {
+            println!("no orphans found");
+        } else if args.dry_run {
+            println!("{removed} orphan(s) found; run without --dry-run to remove them");
+        } else {
+            println!("removed {removed} orphan(s)");
+        }
+        Ok(0)
+    })
+}
