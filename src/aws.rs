@@ -354,6 +354,8 @@ impl Aws {
         Ok(())
     }
 
+    /// Tags resources; retries (bounded) while a just-created resource is
+    /// not yet visible (`*.NotFound`).
     pub async fn tag(
         &self,
         resources: &[String],
@@ -362,15 +364,26 @@ impl Aws {
         if resources.is_empty() {
             return Ok(());
         }
-        let mut req = self
-            .ec2
-            .create_tags()
-            .set_resources(Some(resources.to_vec()));
-        for (k, v) in tags {
-            req = req.tags(Tag::builder().key(k).value(v).build());
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            let mut req = self
+                .ec2
+                .create_tags()
+                .set_resources(Some(resources.to_vec()));
+            for (k, v) in tags {
+                req = req.tags(Tag::builder().key(k).value(v).build());
+            }
+            match req.send().await.map_err(|e| err("CreateTags", e)) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_not_found() && attempt < 6 => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        req.send().await.map_err(|e| err("CreateTags", e))?;
-        Ok(())
     }
 
     // --- S3 ---

@@ -350,3 +350,50 @@ fn a_missing_source_image_is_a_clear_error() {
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("does not exist"), "{}", r.stderr());
 }
+
+#[test]
+fn sigterm_terminates_the_builder_instance() {
+    let moto = Moto::start();
+    let _runner = moto.runner();
+    let (p, _) = chain(&moto);
+    p.file(
+        "templates/root.yaml",
+        &p.read("templates/root.yaml")
+            .replace("provision: [", "provision: [{shell: 'sleep 60'}, "),
+    );
+    let mut c = p.cmd(&["build"]);
+    moto.env(&mut c);
+    let child = c.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while moto.live_instances().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no instance started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        moto.live_instances().is_empty(),
+        "{:?}",
+        moto.live_instances()
+    );
+    let gc = amimake(&p, &moto, &["gc", "--orphans"]);
+    assert!(
+        gc.stdout().contains("no orphans found"),
+        "nothing left to clean: {}",
+        gc.stdout()
+    );
+}
