@@ -436,6 +436,110 @@ impl Aws {
         }
     }
 
+    /// The object's bytes and ETag, or None when it does not exist.
+    pub async fn get_object_etag(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, AwsError> {
+        match self.s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().to_string();
+                let bytes = out.body.collect().await.map_err(|e| AwsError {
+                    operation: "GetObject",
+                    code: None,
+                    message: e.to_string(),
+                })?;
+                Ok(Some((bytes.into_bytes().to_vec(), etag)))
+            }
+            Err(e) => {
+                let missing = matches!(e.as_service_error(), Some(se) if se.is_no_such_key());
+                if missing {
+                    Ok(None)
+                } else {
+                    Err(s3_err("GetObject", e))
+                }
+            }
+        }
+    }
+
+    /// Conditional write: `If-None-Match: *` when `if_match` is None, else
+    /// `If-Match: <etag>`. Returns the new ETag, or None when the
+    /// precondition failed (someone else wrote first).
+    pub async fn put_conditional(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        if_match: Option<&str>,
+    ) -> Result<Option<String>, AwsError> {
+        let mut req = self
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(aws_sdk_s3::primitives::ByteStream::from(body));
+        req = match if_match {
+            Some(etag) => req.if_match(etag),
+            None => req.if_none_match("*"),
+        };
+        match req.send().await {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_string);
+                if matches!(status, Some(412) | Some(409))
+                    || matches!(
+                        code.as_deref(),
+                        Some("PreconditionFailed") | Some("ConditionalRequestConflict")
+                    )
+                {
+                    Ok(None)
+                } else {
+                    Err(s3_err("PutObject", e))
+                }
+            }
+        }
+    }
+
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), AwsError> {
+        self.s3
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_err("DeleteObject", e))?;
+        Ok(())
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, AwsError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .s3
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| s3_err("ListObjectsV2", e))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
     pub async fn presign_get(
         &self,
         bucket: &str,

@@ -550,10 +550,14 @@ impl Ec2Builder {
             .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
             .collect();
         let mut resources = vec![image.clone()];
-        resources.extend(snapshots);
+        resources.extend(snapshots.iter().cloned());
         self.aws.tag(&resources, &pairs).await.map_err(fail)?;
         created.lock().unwrap_or_else(|p| p.into_inner()).done = true;
-        Ok(BuiltImage { image })
+        Ok(BuiltImage {
+            image,
+            snapshots,
+            adopted: false,
+        })
     }
 
     /// Terminates the instance; on failure also removes a half-made image.

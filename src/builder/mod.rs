@@ -11,6 +11,7 @@
 
 pub mod bootstrap;
 pub mod ec2;
+pub mod leased;
 pub mod simulate;
 
 use std::future::Future;
@@ -41,6 +42,21 @@ impl LayerJob {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuiltImage {
     pub image: String,
+    /// Snapshot IDs behind the image, where the backend knows them.
+    pub snapshots: Vec<String>,
+    /// Another amimake process built it (under a shared-cache lease) and
+    /// this one adopted its image instead of baking the layer again.
+    pub adopted: bool,
+}
+
+impl BuiltImage {
+    pub fn new(image: impl Into<String>) -> Self {
+        BuiltImage {
+            image: image.into(),
+            snapshots: Vec::new(),
+            adopted: false,
+        }
+    }
 }
 
 /// Why a layer did not produce an image.

@@ -44,9 +44,7 @@ impl Builder for SimulateBuilder {
                     cancelled: false,
                 });
             }
-            Ok(BuiltImage {
-                image: format!("sim-{}", &job.hash.as_str()[..17]),
-            })
+            Ok(BuiltImage::new(format!("sim-{}", &job.hash.as_str()[..17])))
         })
     }
 }

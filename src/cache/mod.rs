@@ -3,7 +3,11 @@
 //! first, then a remote one, writes remote hits back locally, and turns any
 //! remote error into a warning and a miss.
 
+pub mod shared;
 pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,73 +45,67 @@ pub enum CacheMode {
     ReadOnly,
 }
 
+pub type CacheFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
 /// One level of layer cache.
 pub trait LayerCache: Send + Sync {
-    fn name(&self) -> &str;
-    fn get(&self, hash: &LayerHash, target: &str) -> Result<Option<CacheEntry>>;
-    fn put(&self, entry: &CacheEntry) -> Result<()>;
+    fn name(&self) -> String;
+    /// Looks up `hashes` for `target`; the answer is aligned with `hashes`.
+    fn get_many<'a>(
+        &'a self,
+        hashes: &'a [LayerHash],
+        target: &'a str,
+    ) -> CacheFuture<'a, Vec<Option<CacheEntry>>>;
+    fn put<'a>(&'a self, entry: &'a CacheEntry) -> CacheFuture<'a, ()>;
     /// Probes the cache; says whether it can be written.
-    fn check(&self) -> Result<CacheMode>;
+    fn check(&self) -> CacheFuture<'_, CacheMode>;
 }
 
-/// Local first, then remote; see the module docs.
+/// Local first, then remote: remote errors are a warning and a miss (the
+/// remote tier reports them itself); hits are returned with their tier and
+/// written back locally by [`Tiered::write_back`] once verified.
 pub struct Tiered<'a> {
-    pub local: &'a LocalCache,
-    pub remote: Option<Box<dyn LayerCache + 'a>>,
-    remote_disabled: std::sync::atomic::AtomicBool,
+    pub local: &'a dyn LayerCache,
+    pub remote: Option<&'a dyn LayerCache>,
 }
 
-impl<'a> Tiered<'a> {
-    pub fn new(local: &'a LocalCache, remote: Option<Box<dyn LayerCache + 'a>>) -> Self {
-        Tiered {
-            local,
-            remote,
-            remote_disabled: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    pub fn lookup(&self, hash: &LayerHash, target: &str) -> Result<Option<(CacheEntry, Tier)>> {
-        if let Some(hit) = self.local.get(hash, target)? {
-            return Ok(Some((hit, Tier::Local)));
-        }
-        let Some(remote) = &self.remote else {
-            return Ok(None);
+impl Tiered<'_> {
+    pub async fn lookup_many(
+        &self,
+        hashes: &[LayerHash],
+        target: &str,
+    ) -> Result<Vec<Option<(CacheEntry, Tier)>>> {
+        let local = self.local.get_many(hashes, target).await?;
+        let mut out: Vec<Option<(CacheEntry, Tier)>> = local
+            .into_iter()
+            .map(|e| e.map(|e| (e, Tier::Local)))
+            .collect();
+        let Some(remote) = self.remote else {
+            return Ok(out);
         };
-        if self
-            .remote_disabled
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Ok(None);
+        let misses: Vec<usize> = (0..hashes.len()).filter(|&i| out[i].is_none()).collect();
+        if misses.is_empty() {
+            return Ok(out);
         }
-        match remote.get(hash, target) {
-            Ok(Some(entry)) => {
-                self.local.put(&entry)?;
-                Ok(Some((entry, Tier::Remote)))
+        let keys: Vec<LayerHash> = misses.iter().map(|&i| hashes[i].clone()).collect();
+        match remote.get_many(&keys, target).await {
+            Ok(found) => {
+                for (&i, hit) in misses.iter().zip(found) {
+                    out[i] = hit.map(|e| (e, Tier::Remote));
+                }
             }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::warn!(
-                    "remote cache {} unavailable, treating as a miss: {e}",
-                    remote.name()
-                );
-                self.remote_disabled
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(None)
-            }
+            Err(e) => tracing::warn!(
+                "remote cache {} unavailable, treating as misses: {e}",
+                remote.name()
+            ),
         }
+        Ok(out)
     }
 
-    /// Records a new image locally and, best effort, remotely.
-    pub fn publish(&self, entry: &CacheEntry) -> Result<()> {
-        self.local.put(entry)?;
-        if let Some(remote) = &self.remote {
-            if let Err(e) = remote.put(entry) {
-                tracing::warn!(
-                    "could not publish {} to remote cache {}: {e}",
-                    entry.hash.short(),
-                    remote.name()
-                );
-            }
+    /// Records verified remote hits locally.
+    pub async fn write_back(&self, entries: &[CacheEntry]) -> Result<()> {
+        for e in entries {
+            self.local.put(e).await?;
         }
         Ok(())
     }
@@ -133,27 +131,38 @@ mod tests {
     }
 
     impl LayerCache for FakeRemote {
-        fn name(&self) -> &str {
-            "fake"
+        fn name(&self) -> String {
+            "fake".into()
         }
-        fn get(&self, hash: &LayerHash, target: &str) -> Result<Option<CacheEntry>> {
-            if self.fail {
-                return Err(Error::Cache("connection refused".into()));
-            }
-            Ok(self
-                .entries
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| &e.hash == hash && e.target == target)
-                .cloned())
+        fn get_many<'a>(
+            &'a self,
+            hashes: &'a [LayerHash],
+            target: &'a str,
+        ) -> CacheFuture<'a, Vec<Option<CacheEntry>>> {
+            Box::pin(async move {
+                if self.fail {
+                    return Err(Error::Cache("connection refused".into()));
+                }
+                let entries = self.entries.lock().unwrap();
+                Ok(hashes
+                    .iter()
+                    .map(|h| {
+                        entries
+                            .iter()
+                            .find(|e| &e.hash == h && e.target == target)
+                            .cloned()
+                    })
+                    .collect())
+            })
         }
-        fn put(&self, entry: &CacheEntry) -> Result<()> {
-            self.entries.lock().unwrap().push(entry.clone());
-            Ok(())
+        fn put<'a>(&'a self, entry: &'a CacheEntry) -> CacheFuture<'a, ()> {
+            Box::pin(async move {
+                self.entries.lock().unwrap().push(entry.clone());
+                Ok(())
+            })
         }
-        fn check(&self) -> Result<CacheMode> {
-            Ok(CacheMode::ReadWrite)
+        fn check(&self) -> CacheFuture<'_, CacheMode> {
+            Box::pin(async { Ok(CacheMode::ReadWrite) })
         }
     }
 
@@ -170,27 +179,37 @@ mod tests {
         }
     }
 
+    fn block<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     #[test]
-    fn remote_hit_is_written_back_locally() {
+    fn local_first_then_remote_then_written_back() {
         let dir = tempfile::tempdir().unwrap();
         let local = LocalCache::open(dir.path()).unwrap();
+        local.put_entry(&entry(2)).unwrap();
         let remote = FakeRemote {
-            entries: Mutex::new(vec![entry(1)]),
+            entries: Mutex::new(vec![entry(1), entry(2)]),
             fail: false,
         };
-        let tiered = Tiered::new(&local, Some(Box::new(remote)));
-        let (hit, tier) = tiered.lookup(&entry(1).hash, "simulate").unwrap().unwrap();
-        assert_eq!((hit.image.as_str(), tier), ("sim-1", Tier::Remote));
+        let tiered = Tiered {
+            local: &local,
+            remote: Some(&remote),
+        };
+        let keys = [entry(1).hash, entry(2).hash, entry(3).hash];
+        let hits = block(tiered.lookup_many(&keys, "simulate")).unwrap();
         assert_eq!(
-            local
-                .get(&entry(1).hash, "simulate")
-                .unwrap()
-                .unwrap()
-                .image,
-            "sim-1"
+            hits[0].as_ref().map(|(e, t)| (e.image.as_str(), *t)),
+            Some(("sim-1", Tier::Remote))
         );
-        let (_, tier) = tiered.lookup(&entry(1).hash, "simulate").unwrap().unwrap();
-        assert_eq!(tier, Tier::Local);
+        assert_eq!(hits[1].as_ref().map(|(_, t)| *t), Some(Tier::Local));
+        assert!(hits[2].is_none());
+        block(tiered.write_back(&[hits[0].clone().unwrap().0])).unwrap();
+        let again = block(tiered.lookup_many(&keys[..1], "simulate")).unwrap();
+        assert_eq!(again[0].as_ref().map(|(_, t)| *t), Some(Tier::Local));
     }
 
     #[test]
@@ -201,7 +220,11 @@ mod tests {
             entries: Mutex::new(vec![]),
             fail: true,
         };
-        let tiered = Tiered::new(&local, Some(Box::new(remote)));
-        assert!(tiered.lookup(&entry(2).hash, "simulate").unwrap().is_none());
+        let tiered = Tiered {
+            local: &local,
+            remote: Some(&remote),
+        };
+        let hits = block(tiered.lookup_many(&[entry(2).hash], "simulate")).unwrap();
+        assert!(hits[0].is_none());
     }
 }

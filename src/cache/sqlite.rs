@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::cache::{now_unix, CacheEntry, CacheMode, LayerCache};
+use crate::cache::{now_unix, CacheEntry, CacheFuture, CacheMode, LayerCache};
 use crate::error::{Error, Result};
 use crate::hash::{LayerHash, LayerRecord};
 
@@ -339,6 +339,15 @@ impl LocalCache {
         })
     }
 
+    pub fn put_entry(&self, entry: &CacheEntry) -> Result<()> {
+        self.write(|tx| insert_entry(tx, entry))
+    }
+
+    /// The entry for (hash, target), if any.
+    pub fn get(&self, hash: &LayerHash, target: &str) -> Result<Option<CacheEntry>> {
+        Ok(self.get_many(&[(hash, target)])?.pop().flatten())
+    }
+
     pub fn remove(&self, hash: &LayerHash, target: &str) -> Result<()> {
         self.write(|tx| {
             tx.execute(
@@ -502,21 +511,36 @@ impl LocalCache {
 }
 
 impl LayerCache for LocalCache {
-    fn name(&self) -> &str {
-        "local"
+    fn name(&self) -> String {
+        format!("local ({})", self.path.display())
     }
 
-    fn get(&self, hash: &LayerHash, target: &str) -> Result<Option<CacheEntry>> {
-        Ok(self.get_many(&[(hash, target)])?.pop().flatten())
+    fn get_many<'a>(
+        &'a self,
+        hashes: &'a [LayerHash],
+        target: &'a str,
+    ) -> CacheFuture<'a, Vec<Option<CacheEntry>>> {
+        Box::pin(async move {
+            let keys: Vec<(&LayerHash, &str)> = hashes.iter().map(|h| (h, target)).collect();
+            LocalCache::get_many(self, &keys)
+        })
     }
 
-    fn put(&self, entry: &CacheEntry) -> Result<()> {
-        self.write(|tx| insert_entry(tx, entry))
+    fn put<'a>(&'a self, entry: &'a CacheEntry) -> CacheFuture<'a, ()> {
+        Box::pin(async move { self.put_entry(entry) })
     }
 
-    fn check(&self) -> Result<CacheMode> {
-        self.integrity_check()?;
-        Ok(CacheMode::ReadWrite)
+    fn check(&self) -> CacheFuture<'_, CacheMode> {
+        Box::pin(async move {
+            let status = self.integrity_check()?;
+            if status != "ok" {
+                return Err(Error::Cache(format!(
+                    "{}: integrity check: {status}",
+                    self.path.display()
+                )));
+            }
+            Ok(CacheMode::ReadWrite)
+        })
     }
 }
 

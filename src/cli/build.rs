@@ -11,11 +11,11 @@ use clap::Args;
 use super::plan_cmd::Live;
 use super::BackendArgs;
 use crate::builder::ec2::{Ec2Builder, Ec2Settings, Poller};
+use crate::builder::leased::LeasedBuilder;
 use crate::builder::simulate::SimulateBuilder;
 use crate::builder::Builder;
-use crate::cache::Tiered;
 use crate::error::{Error, Result};
-use crate::executor::plan::{Action, Reason};
+use crate::executor::plan::Action;
 use crate::executor::run::{run as run_plan, RunOptions};
 use crate::report::{reporter_for_stderr, rfc3339, BuildSummary, LayerResult};
 
@@ -118,14 +118,21 @@ pub fn run(args: BuildArgs) -> Result<i32> {
             })
         }
     };
-    // Entries whose image is gone are dropped; the layer is rebuilt (`stale`).
-    for l in plan
-        .layers
-        .iter()
-        .filter(|l| l.reason == Some(Reason::Stale))
-    {
-        prepared.cache.remove(&l.hash, &plan.target)?;
-    }
+    // Remote hits are kept locally; entries whose image failed
+    // verification are dropped and the layer is rebuilt (`stale`).
+    prepared.settle(&plan, true)?;
+    let builder: Arc<dyn Builder> = match &prepared.shared {
+        Some(shared) => Arc::new(LeasedBuilder {
+            inner: builder,
+            shared: shared.clone(),
+            lease_ttl: Duration::from_secs(120),
+            poll: match &prepared.live {
+                Live::Ec2 { .. } => ec2_settings(&project.config)?.poll_interval,
+                Live::Simulate => Duration::from_millis(200),
+            },
+        }),
+        None => builder,
+    };
     for l in &plan.layers {
         if l.action == Action::Build {
             let layer = &project.layers[l.index];
@@ -142,13 +149,12 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         keep_going: args.keep_going,
         root_images,
     };
-    let tiered = Tiered::new(&prepared.cache, None);
     let mut reporter = reporter_for_stderr();
     let outcome = prepared.runtime.block_on(run_plan(
         project,
         &plan,
         builder,
-        &tiered,
+        &prepared.cache,
         &opts,
         reporter.as_mut(),
     ))?;

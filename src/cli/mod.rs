@@ -160,3 +160,70 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{text}");
     Ok(())
 }
+
+/// The shared S3 cache of `cache.s3` in amimake.yaml, if configured.
+pub(crate) fn shared_cache(
+    project: &Project,
+    aws: Option<crate::aws::Aws>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Option<crate::cache::shared::SharedCache>> {
+    use crate::cache::shared::{
+        parse_public_key, parse_s3_url, parse_signing_key, Mode, SharedCache,
+    };
+    let c = &project.config.cache;
+    let Some(url) = &c.s3 else { return Ok(None) };
+    let (bucket, prefix) = parse_s3_url(url).ok_or_else(|| {
+        Error::Usage(format!(
+            "amimake.yaml: cache.s3 `{url}` is not an s3://bucket/prefix URL"
+        ))
+    })?;
+    let mode = match c.mode.as_deref() {
+        None | Some("read-write") => Mode::ReadWrite,
+        Some("read-only") => Mode::ReadOnly,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "amimake.yaml: cache.mode `{other}` is not `read-write` or `read-only`"
+            )))
+        }
+    };
+    let trusted = c
+        .trusted_keys
+        .iter()
+        .map(|k| {
+            parse_public_key(k)
+                .map_err(|e| Error::Usage(format!("amimake.yaml: cache.trusted_keys: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let signer = match (
+        std::env::var("AMIMAKE_SIGNING_KEY"),
+        std::env::var_os("AMIMAKE_SIGNING_KEY_FILE"),
+    ) {
+        (Ok(k), _) if !k.trim().is_empty() => Some(
+            parse_signing_key(&k).map_err(|e| Error::Usage(format!("AMIMAKE_SIGNING_KEY: {e}")))?,
+        ),
+        (_, Some(path)) => {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| Error::io(PathBuf::from(&path), e))?;
+            Some(
+                parse_signing_key(&text)
+                    .map_err(|e| Error::Usage(format!("AMIMAKE_SIGNING_KEY_FILE: {e}")))?,
+            )
+        }
+        _ => None,
+    };
+    let aws = match aws {
+        Some(a) => a,
+        None => runtime
+            .block_on(crate::aws::Aws::connect(project.config.region.as_deref()))
+            .map_err(Error::Usage)?,
+    };
+    Ok(Some(SharedCache {
+        aws,
+        bucket,
+        prefix,
+        mode,
+        signer,
+        trusted,
+        concurrency: 32,
+    }))
+}

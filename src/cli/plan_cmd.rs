@@ -9,10 +9,11 @@ use serde::Serialize;
 use super::{BackendArgs, TextOrJson};
 use crate::aws::Aws;
 use crate::backend::BackendKind;
-use crate::cache::{now_unix, LocalCache, Tiered};
+use crate::cache::shared::SharedCache;
+use crate::cache::{now_unix, CacheEntry, LayerCache, LocalCache, Tier, Tiered};
 use crate::error::{Error, Result};
-use crate::executor::plan::{plan, Action, Plan, PlanOptions};
-use crate::hash::{HashState, RootSource};
+use crate::executor::plan::{plan, Action, Hits, Plan, PlanOptions, Reason};
+use crate::hash::{HashState, LayerHash, RootSource};
 use crate::report::human_seconds;
 use crate::template::resolve::Project;
 
@@ -32,11 +33,14 @@ pub struct PlanArgs {
     pub backend: BackendArgs,
 }
 
-/// A loaded project with its hashes and cache, ready to plan.
+/// A loaded project with its hashes and cache hits, ready to plan.
 pub(crate) struct Prepared {
     pub project: Project,
     pub hashes: Vec<HashState>,
     pub cache: Arc<LocalCache>,
+    pub shared: Option<SharedCache>,
+    /// Local and shared-cache hits (not yet verified).
+    pub hits: Hits,
     pub target: String,
     pub runtime: tokio::runtime::Runtime,
     pub live: Live,
@@ -47,13 +51,14 @@ pub(crate) enum Live {
     Simulate,
     Ec2 {
         aws: Aws,
+        account: String,
         /// Each root's source image, by layer index.
         root_images: Vec<Option<String>>,
         /// Roots whose source comes from an `ami_filter`.
         drift_roots: Vec<usize>,
-        /// Cached images that still exist and are available, with the
-        /// layer hash they are tagged with.
-        existing: HashMap<String, String>,
+        /// Images of cache hits that exist and are available: their owner
+        /// and `amimake:layer-hash` tag.
+        existing: HashMap<String, (Option<String>, Option<String>)>,
     },
 }
 
@@ -66,7 +71,7 @@ pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
         .build()
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
     let base_ami = backend_args.base_ami.as_deref();
-    let (target, hashes, live) = match backend {
+    let (target, hashes, mut live) = match backend {
         BackendKind::Simulate => (
             crate::builder::simulate::TARGET.to_string(),
             super::offline_hashes(&project, backend, base_ami)?,
@@ -80,50 +85,99 @@ pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
         }
     };
     let cache = Arc::new(super::open_cache(&project)?);
-    let live = match live {
-        Live::Ec2 {
-            aws,
-            root_images,
-            drift_roots,
-            ..
-        } => {
-            // Which cached images still exist (one batched call).
-            let keys: Vec<(&crate::hash::LayerHash, &str)> = hashes
-                .iter()
-                .filter_map(|h| h.hash())
-                .map(|h| (h, target.as_str()))
-                .collect();
-            let images: Vec<String> = cache
-                .get_many(&keys)?
-                .into_iter()
-                .flatten()
-                .map(|e| e.image)
-                .collect();
-            let found = runtime
-                .block_on(aws.describe_images(&images))
-                .map_err(|e| Error::BuildFailed(format!("cannot check cached images: {e}")))?;
-            let existing = found
-                .into_iter()
-                .filter(|i| i.state == "available")
-                .filter_map(|i| Some((i.id, i.tags.get("amimake:layer-hash")?.clone())))
-                .collect();
-            Live::Ec2 {
-                aws,
-                root_images,
-                drift_roots,
-                existing,
-            }
-        }
-        other => other,
+    let shared = match &live {
+        Live::Ec2 { aws, .. } => super::shared_cache(&project, Some(aws.clone()), &runtime)?,
+        Live::Simulate => super::shared_cache(&project, None, &runtime)?,
     };
+    let keys: Vec<LayerHash> = hashes.iter().filter_map(|h| h.hash()).cloned().collect();
+    let tiered = Tiered {
+        local: &*cache,
+        remote: shared.as_ref().map(|s| s as &dyn LayerCache),
+    };
+    let found = runtime.block_on(tiered.lookup_many(&keys, &target))?;
+    let hits: Hits = keys
+        .into_iter()
+        .zip(found)
+        .filter_map(|(h, hit)| Some((h, hit?)))
+        .collect();
+    if let Live::Ec2 { aws, existing, .. } = &mut live {
+        // Every hit is verified before use (one batched call).
+        let images: Vec<String> = hits.values().map(|(e, _)| e.image.clone()).collect();
+        let found = runtime
+            .block_on(aws.describe_images(&images))
+            .map_err(|e| Error::BuildFailed(format!("cannot check cached images: {e}")))?;
+        *existing = found
+            .into_iter()
+            .filter(|i| i.state == "available")
+            .map(|i| (i.id, (i.owner, i.tags.get("amimake:layer-hash").cloned())))
+            .collect();
+    }
     Ok(Prepared {
         project,
         hashes,
         cache,
+        shared,
+        hits,
         target,
         runtime,
         live,
     })
+}
+
+impl Prepared {
+    /// Whether a cached entry's image may be used: it exists, is available,
+    /// is owned by an allowed account and carries the layer-hash tag.
+    pub fn verified(&self, e: &CacheEntry) -> bool {
+        match &self.live {
+            Live::Simulate => true,
+            Live::Ec2 {
+                existing, account, ..
+            } => match existing.get(&e.image) {
+                Some((owner, tag)) => {
+                    let owners = &self.project.config.cache.owners;
+                    let owner_ok = match owner {
+                        Some(o) => o == account || owners.iter().any(|a| a == o),
+                        None => false,
+                    };
+                    owner_ok && tag.as_deref() == Some(e.hash.as_str())
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// After planning: reused remote hits are written back locally; with
+    /// `evict`, entries that failed verification are dropped from the local
+    /// cache and (when writable) the shared one.
+    pub fn settle(&self, plan: &Plan, evict: bool) -> Result<()> {
+        let reused_remote: Vec<CacheEntry> = plan
+            .layers
+            .iter()
+            .filter(|l| l.action == Action::Reuse && l.tier == Some(Tier::Remote))
+            .filter_map(|l| l.entry.clone())
+            .collect();
+        for e in &reused_remote {
+            self.cache.put_entry(e)?;
+        }
+        if evict {
+            for l in plan
+                .layers
+                .iter()
+                .filter(|l| l.reason == Some(Reason::Stale))
+            {
+                self.cache.remove(&l.hash, &plan.target)?;
+                if let Some(shared) = &self.shared {
+                    if let Err(e) = self.runtime.block_on(shared.delete(&l.hash, &plan.target)) {
+                        tracing::warn!(
+                            "could not evict {} from the shared cache: {e}",
+                            l.hash.short()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Connects to AWS, resolves every root's source live (recording
@@ -212,6 +266,7 @@ async fn prepare_ec2(
         hashes,
         Live::Ec2 {
             aws,
+            account,
             root_images,
             drift_roots,
             existing: HashMap::new(),
@@ -225,7 +280,6 @@ pub(crate) fn make_plan(
     rebuild: bool,
     rebuild_base: bool,
 ) -> Result<Plan> {
-    let tiered = Tiered::new(&p.cache, None);
     let drift_roots = match &p.live {
         Live::Ec2 { drift_roots, .. } => drift_roots.clone(),
         Live::Simulate => Vec::new(),
@@ -237,11 +291,15 @@ pub(crate) fn make_plan(
         now: now_unix(),
         drift_roots,
     };
-    let exists = |e: &crate::cache::CacheEntry| match &p.live {
-        Live::Ec2 { existing, .. } => existing.get(&e.image).is_some_and(|h| h == e.hash.as_str()),
-        Live::Simulate => true,
-    };
-    plan(&p.project, &p.hashes, &tiered, &p.target, &opts, &exists)
+    plan(
+        &p.project,
+        &p.hashes,
+        &p.cache,
+        &p.hits,
+        &p.target,
+        &opts,
+        &|e| p.verified(e),
+    )
 }
 
 #[derive(Serialize)]
@@ -403,6 +461,7 @@ pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
 pub fn run(args: PlanArgs) -> Result<i32> {
     let prepared = prepare(&args.backend)?;
     let plan = make_plan(&prepared, &args.templates, args.rebuild, args.rebuild_base)?;
+    prepared.settle(&plan, false)?;
     match args.format {
         TextOrJson::Json => super::print_json(&plan_json(&prepared.project, &plan))?,
         TextOrJson::Text => print_plan_text(&prepared.project, &plan),

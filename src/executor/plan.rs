@@ -20,7 +20,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::cache::{CacheEntry, LocalCache, Tier, Tiered};
+use std::collections::HashMap;
+
+use crate::cache::{CacheEntry, LocalCache, Tier};
 use crate::error::{Error, Result};
 use crate::hash::diff::{diff, Change};
 use crate::hash::{HashState, LayerHash, LayerRecord};
@@ -123,11 +125,30 @@ pub struct PlanOptions {
 /// How many recent builds an estimate is the median of.
 const ESTIMATE_WINDOW: usize = 5;
 
+/// Cache hits by layer hash, with the tier that answered.
+pub type Hits = HashMap<LayerHash, (CacheEntry, Tier)>;
+
+/// The local cache's hits for every known hash.
+pub fn local_hits(local: &LocalCache, hashes: &[HashState], target: &str) -> Result<Hits> {
+    let keys: Vec<(&LayerHash, &str)> = hashes
+        .iter()
+        .filter_map(|h| h.hash())
+        .map(|h| (h, target))
+        .collect();
+    let found = local.get_many(&keys)?;
+    Ok(keys
+        .iter()
+        .zip(found)
+        .filter_map(|((h, _), e)| Some(((*h).clone(), (e?, Tier::Local))))
+        .collect())
+}
+
 /// Decides what to build. `exists` checks that a cached image still exists.
 pub fn plan(
     project: &Project,
     hashes: &[HashState],
-    cache: &Tiered<'_>,
+    local: &LocalCache,
+    hits: &Hits,
     target: &str,
     opts: &PlanOptions,
     exists: &dyn Fn(&CacheEntry) -> bool,
@@ -158,20 +179,11 @@ pub fn plan(
             }
         }
     }
-    let local_hits = {
-        let keys: Vec<(&LayerHash, &str)> = known.iter().map(|(_, h, _)| (h, target)).collect();
-        cache.local.get_many(&keys)?
-    };
-
     let mut out: Vec<PlannedLayer> = Vec::with_capacity(known.len());
     let mut building = vec![false; project.layers.len()];
-    for ((i, hash, record), local_hit) in known.into_iter().zip(local_hits) {
+    for (i, hash, record) in known {
         let layer = &project.layers[i];
-        let hit = match local_hit {
-            Some(e) => Some((e, Tier::Local)),
-            None if cache.remote.is_some() => cache.lookup(&hash, target)?,
-            None => None,
-        };
+        let hit = hits.get(&hash).cloned();
         let parent_rebuilt = layer.parent.filter(|&p| building[p]);
         let parent_note = |changes: &mut Vec<Change>| {
             if let Some(p) = parent_rebuilt {
@@ -196,7 +208,7 @@ pub fn plan(
                 (Action::Reuse, None)
             }
         } else {
-            let reason = match cache.local.last_built(layer.name(), target)? {
+            let reason = match local.last_built(layer.name(), target)? {
                 Some((old_hash, Some(old))) if old_hash != hash => {
                     changes = diff(&old, &record);
                     // Effective build settings and variables inherited
@@ -251,9 +263,7 @@ pub fn plan(
         if action == Action::Build {
             building[i] = true;
         }
-        let estimate_seconds = cache
-            .local
-            .estimate(layer.name(), target, ESTIMATE_WINDOW)?;
+        let estimate_seconds = local.estimate(layer.name(), target, ESTIMATE_WINDOW)?;
         let (entry, tier) = match hit {
             Some((e, t)) => (Some(e), Some(t)),
             None => (None, None),
@@ -296,11 +306,11 @@ pub fn explain_plan(
     template: &str,
     now: i64,
 ) -> Result<Plan> {
-    let tiered = Tiered::new(local, None);
+    let hits = local_hits(local, hashes, target)?;
     let opts = PlanOptions {
         targets: vec![template.to_string()],
         now,
         ..Default::default()
     };
-    plan(project, hashes, &tiered, target, &opts, &|_| true)
+    plan(project, hashes, local, &hits, target, &opts, &|_| true)
 }

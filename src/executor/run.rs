@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::builder::{Builder, BuiltImage, LayerError, LayerJob};
 use crate::cache::sqlite::HistoryRow;
-use crate::cache::{now_unix, CacheEntry, Tiered};
+use crate::cache::{now_unix, CacheEntry, LocalCache};
 use crate::error::Result;
 use crate::executor::plan::{Action, Plan};
 use crate::report::{rfc3339, Event, LayerResult, Reporter, SummaryLayer};
@@ -82,7 +82,7 @@ pub async fn run(
     project: &Project,
     plan: &Plan,
     builder: Arc<dyn Builder>,
-    cache: &Tiered<'_>,
+    local: &LocalCache,
     opts: &RunOptions,
     reporter: &mut dyn Reporter,
 ) -> Result<RunOutcome> {
@@ -91,6 +91,7 @@ pub async fn run(
     let n = plan.layers.len();
     let mut state = vec![State::Waiting; n];
     let mut times: Vec<Option<(SystemTime, SystemTime, f64)>> = vec![None; n];
+    let mut adopted = vec![false; n];
     let pos_of = |index: usize| plan.position(index);
     let parent_pos = |p: usize| project.layers[plan.layers[p].index].parent.and_then(pos_of);
 
@@ -111,7 +112,7 @@ pub async fn run(
             state[p] = State::Done(image);
         }
     }
-    cache.local.touch(&touched)?;
+    local.touch(&touched)?;
 
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let mut running: JoinSet<Finished> = JoinSet::new();
@@ -212,7 +213,7 @@ pub async fn run(
         };
         match result {
             Ok(built) => {
-                history.result = "built".into();
+                history.result = if built.adopted { "adopted" } else { "built" }.into();
                 let entry = CacheEntry {
                     hash: l.hash.clone(),
                     target: plan.target.clone(),
@@ -223,30 +224,31 @@ pub async fn run(
                     build_seconds: Some(seconds),
                     build_id: Some(opts.build_id.clone()),
                 };
-                cache
-                    .local
-                    .record_build(Some(&entry), &history, Some(&l.record))?;
-                if let Some(remote) = &cache.remote {
-                    if let Err(e) = remote.put(&entry) {
-                        tracing::warn!("could not publish {name} to the remote cache: {e}");
-                    }
+                local.record_build(Some(&entry), &history, Some(&l.record))?;
+                if built.adopted {
+                    adopted[p] = true;
+                    reporter.event(&Event::Reused {
+                        name,
+                        image: built.image.clone(),
+                    });
+                } else {
+                    reporter.event(&Event::Built {
+                        name,
+                        image: built.image.clone(),
+                        seconds,
+                    });
                 }
-                reporter.event(&Event::Built {
-                    name,
-                    image: built.image.clone(),
-                    seconds,
-                });
                 state[p] = State::Done(built.image);
             }
             Err(err) if err.cancelled => {
                 history.result = "cancelled".into();
-                cache.local.record_build(None, &history, None)?;
+                local.record_build(None, &history, None)?;
                 reporter.event(&Event::Cancelled { name });
                 state[p] = State::Over(LayerResult::Cancelled);
             }
             Err(err) => {
                 history.result = "failed".into();
-                cache.local.record_build(None, &history, None)?;
+                local.record_build(None, &history, None)?;
                 reporter.event(&Event::Failed {
                     name: name.clone(),
                     message: err.message,
