@@ -5,6 +5,7 @@ mod build;
 mod cache_cmd;
 mod explain;
 mod gc;
+mod key;
 mod graph;
 mod hash_cmd;
 mod plan_cmd;
@@ -61,6 +62,8 @@ pub enum Command {
     Cache(cache_cmd::CacheArgs),
     /// Remove what builds left behind (`--orphans`).
     Gc(gc::GcArgs),
+    /// Signing keys for shared-cache records.
+    Key(key::KeyArgs),
 }
 
 /// Output formats shared by several commands.
@@ -98,6 +101,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Explain(a) => explain::run(a),
         Command::Cache(a) => cache_cmd::run(a),
         Command::Gc(a) => gc::run(a),
+        Command::Key(a) => key::run(a),
     }
 }
 
