@@ -129,6 +129,9 @@ pub struct SharedCache {
     pub trusted: Vec<ed25519_dalek::VerifyingKey>,
     /// Parallel lookups.
     pub concurrency: usize,
+    /// Set after the first failure to reach S3: the rest of the run treats
+    /// the shared cache as absent instead of retrying every call.
+    pub disabled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Parses `s3://bucket/prefix`.
@@ -153,6 +156,31 @@ pub fn whoami() -> String {
 }
 
 impl SharedCache {
+    fn guard(&self) -> Result<(), AwsError> {
+        if self.disabled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AwsError {
+                operation: "shared cache",
+                code: None,
+                message: "disabled for this run after an earlier error".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a failure to reach S3 (warning once) and passes it on.
+    fn tripped(&self, e: AwsError) -> AwsError {
+        if !self
+            .disabled
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "shared cache {} unavailable, continuing without it: {e}",
+                self.url()
+            );
+        }
+        e
+    }
+
     fn key(&self, kind: &str, hash: &str, target: &str) -> String {
         let rest = format!("v1/{kind}/{hash}/{target}.json");
         if self.prefix.is_empty() {
@@ -174,7 +202,13 @@ impl SharedCache {
         target: &str,
     ) -> Result<Option<(RemoteRecord, String)>, AwsError> {
         let key = self.key("layers", hash.as_str(), target);
-        let Some((bytes, etag)) = self.aws.get_object_etag(&self.bucket, &key).await? else {
+        self.guard()?;
+        let Some((bytes, etag)) = self
+            .aws
+            .get_object_etag(&self.bucket, &key)
+            .await
+            .map_err(|e| self.tripped(e))?
+        else {
             return Ok(None);
         };
         let record: RemoteRecord = match serde_json::from_slice(&bytes) {
@@ -272,9 +306,11 @@ impl SharedCache {
         }
         let key = self.key("layers", &record.hash, &record.target);
         let body = serde_json::to_vec_pretty(&record).expect("record serializes");
+        self.guard()?;
         self.aws
             .put_conditional(&self.bucket, &key, body, replacing)
             .await
+            .map_err(|e| self.tripped(e))
             .map(|etag| etag.is_some())
     }
 
@@ -282,9 +318,11 @@ impl SharedCache {
         if self.mode == Mode::ReadOnly {
             return Ok(());
         }
+        self.guard()?;
         self.aws
             .delete_object(&self.bucket, &self.key("layers", hash.as_str(), target))
             .await
+            .map_err(|e| self.tripped(e))
     }
 
     /// Takes the build lease for (hash, target): created with
@@ -298,9 +336,14 @@ impl SharedCache {
         ttl: Duration,
     ) -> Result<LeaseState, AwsError> {
         let key = self.key("leases", hash.as_str(), target);
+        self.guard()?;
         for _ in 0..5 {
             let now = crate::cache::now_unix();
-            let existing = self.aws.get_object_etag(&self.bucket, &key).await?;
+            let existing = self
+                .aws
+                .get_object_etag(&self.bucket, &key)
+                .await
+                .map_err(|e| self.tripped(e))?;
             let (generation, replacing) = match &existing {
                 None => (1, None),
                 Some((bytes, etag)) => match serde_json::from_slice::<Lease>(bytes) {
@@ -349,6 +392,7 @@ impl SharedCache {
             expires: crate::cache::now_unix() + ttl.as_secs() as i64,
             generation,
         };
+        self.guard()?;
         self.aws
             .put_conditional(
                 &self.bucket,
@@ -357,6 +401,7 @@ impl SharedCache {
                 Some(etag),
             )
             .await
+            .map_err(|e| self.tripped(e))
     }
 
     /// Ends our lease by expiring it (never deleting it, so generations
@@ -376,6 +421,7 @@ impl SharedCache {
             expires: 0,
             generation,
         };
+        self.guard()?;
         self.aws
             .put_conditional(
                 &self.bucket,
@@ -383,17 +429,20 @@ impl SharedCache {
                 serde_json::to_vec(&lease).expect("lease serializes"),
                 Some(etag),
             )
-            .await?;
+            .await
+            .map_err(|e| self.tripped(e))?;
         Ok(())
     }
 
     /// The current lease, if any.
     pub async fn lease(&self, hash: &LayerHash, target: &str) -> Result<Option<Lease>, AwsError> {
         let key = self.key("leases", hash.as_str(), target);
+        self.guard()?;
         Ok(self
             .aws
             .get_object_etag(&self.bucket, &key)
-            .await?
+            .await
+            .map_err(|e| self.tripped(e))?
             .and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
     }
 
@@ -405,10 +454,12 @@ impl SharedCache {
         target: &str,
     ) -> Result<Option<(RemoteRecord, String)>, AwsError> {
         let key = self.key("layers", hash.as_str(), target);
+        self.guard()?;
         Ok(self
             .aws
             .get_object_etag(&self.bucket, &key)
-            .await?
+            .await
+            .map_err(|e| self.tripped(e))?
             .and_then(|(bytes, etag)| Some((serde_json::from_slice(&bytes).ok()?, etag))))
     }
 

@@ -149,15 +149,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn no_shared() -> crate::error::Error {
-    crate::error::Error::Usage("no shared cache: set `cache.s3: s3://bucket/prefix` in amimake.yaml".into())
+    crate::error::Error::Usage(
+        "no shared cache: set `cache.s3: s3://bucket/prefix` in amimake.yaml".into(),
+    )
 }
 
-fn push(project: &crate::template::Project, cache: &crate::cache::LocalCache, target: Option<&str>) -> Result<()> {
+fn push(
+    project: &crate::template::Project,
+    cache: &crate::cache::LocalCache,
+    target: Option<&str>,
+) -> Result<()> {
     use crate::cache::LayerCache;
     let rt = runtime()?;
     let shared = super::shared_cache(project, None, &rt)?.ok_or_else(no_shared)?;
     if shared.mode == crate::cache::shared::Mode::ReadOnly {
-        return Err(crate::error::Error::Usage("cache.mode is read-only: nothing can be pushed".into()));
+        return Err(crate::error::Error::Usage(
+            "cache.mode is read-only: nothing can be pushed".into(),
+        ));
     }
     let entries = cache.list(target)?;
     let mut pushed = 0;
@@ -170,7 +178,12 @@ fn push(project: &crate::template::Project, cache: &crate::cache::LocalCache, ta
             pushed += 1;
         }
     }
-    println!("pushed {pushed} of {} entr{} to {}", entries.len(), if entries.len() == 1 { "y" } else { "ies" }, shared.url());
+    println!(
+        "pushed {pushed} of {} entr{} to {}",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" },
+        shared.url()
+    );
     Ok(())
 }
 
@@ -182,25 +195,40 @@ fn pull(templates: &[String], backend: &super::BackendArgs) -> Result<i32> {
     let plan = super::plan_cmd::make_plan(&p, templates, false, false)?;
     let mut pulled = 0;
     for l in &plan.layers {
-        if l.tier == Some(crate::cache::Tier::Remote) && l.action == crate::executor::plan::Action::Reuse {
+        if l.tier == Some(crate::cache::Tier::Remote)
+            && l.action == crate::executor::plan::Action::Reuse
+        {
             if let Some(e) = &l.entry {
                 p.cache.put_entry(e)?;
                 pulled += 1;
             }
         }
     }
-    let local = plan.layers.iter().filter(|l| l.tier == Some(crate::cache::Tier::Local)).count();
+    let local = plan
+        .layers
+        .iter()
+        .filter(|l| l.tier == Some(crate::cache::Tier::Local))
+        .count();
     let missing = plan.layers.len() - pulled - local;
-    println!("pulled {pulled} entr{}; {local} already local; {missing} not in the shared cache", if pulled == 1 { "y" } else { "ies" });
+    println!(
+        "pulled {pulled} entr{}; {local} already local; {missing} not in the shared cache",
+        if pulled == 1 { "y" } else { "ies" }
+    );
     Ok(0)
 }
 
-fn verify(project: &crate::template::Project, cache: &crate::cache::LocalCache, evict: bool) -> Result<()> {
+fn verify(
+    project: &crate::template::Project,
+    cache: &crate::cache::LocalCache,
+    evict: bool,
+) -> Result<()> {
     let rt = runtime()?;
     let aws = rt
         .block_on(crate::aws::Aws::connect(project.config.region.as_deref()))
         .map_err(crate::error::Error::Usage)?;
-    let account = rt.block_on(aws.account()).map_err(|e| crate::error::Error::Usage(e.to_string()))?;
+    let account = rt
+        .block_on(aws.account())
+        .map_err(|e| crate::error::Error::Usage(e.to_string()))?;
     let target = format!("ec2/{account}/{}", aws.region);
     let entries = cache.list(Some(&target))?;
     let images: Vec<String> = entries.iter().map(|(e, _)| e.image.clone()).collect();
@@ -214,19 +242,30 @@ fn verify(project: &crate::template::Project, cache: &crate::cache::LocalCache, 
         let problem = match img {
             None => Some("image does not exist".to_string()),
             Some(i) if i.state != "available" => Some(format!("image is {}", i.state)),
-            Some(i) if i.tags.get("amimake:layer-hash").map(String::as_str) != Some(e.hash.as_str()) => {
+            Some(i)
+                if i.tags.get("amimake:layer-hash").map(String::as_str)
+                    != Some(e.hash.as_str()) =>
+            {
                 Some("image lacks the matching amimake:layer-hash tag".to_string())
             }
             Some(_) => None,
         };
         if let Some(problem) = problem {
             stale += 1;
-            println!("stale  {}  {}  {}: {problem}", e.hash.short(), e.template, e.image);
+            println!(
+                "stale  {}  {}  {}: {problem}",
+                e.hash.short(),
+                e.template,
+                e.image
+            );
             if evict {
                 cache.remove(&e.hash, &e.target)?;
                 if let Some(s) = &shared {
                     if let Err(err) = rt.block_on(s.delete(&e.hash, &e.target)) {
-                        tracing::warn!("could not evict {} from the shared cache: {err}", e.hash.short());
+                        tracing::warn!(
+                            "could not evict {} from the shared cache: {err}",
+                            e.hash.short()
+                        );
                     }
                 }
             }
@@ -236,7 +275,13 @@ fn verify(project: &crate::template::Project, cache: &crate::cache::LocalCache, 
         "{} entr{} checked on {target}; {stale} stale{}",
         entries.len(),
         if entries.len() == 1 { "y" } else { "ies" },
-        if stale > 0 && !evict { " (run with --evict to drop them)" } else if stale > 0 { ", evicted" } else { "" }
+        if stale > 0 && !evict {
+            " (run with --evict to drop them)"
+        } else if stale > 0 {
+            ", evicted"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

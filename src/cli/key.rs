@@ -40,9 +40,17 @@ pub fn run(args: KeyArgs) -> Result<i32> {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut file = opts.open(&out).map_err(|e| Error::io(&out, e))?;
-            writeln!(file, "{}", base64::engine::general_purpose::STANDARD.encode(seed)).map_err(|e| Error::io(&out, e))?;
+            writeln!(
+                file,
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(seed)
+            )
+            .map_err(|e| Error::io(&out, e))?;
             eprintln!("secret key written to {} (keep it secret: CI gets it as AMIMAKE_SIGNING_KEY or AMIMAKE_SIGNING_KEY_FILE)", out.display());
-            eprintln!("add the public key to amimake.yaml:\n  cache:\n    trusted_keys: [\"{}\"]", public_key_text(&key));
+            eprintln!(
+                "add the public key to amimake.yaml:\n  cache:\n    trusted_keys: [\"{}\"]",
+                public_key_text(&key)
+            );
             println!("{}", public_key_text(&key));
             Ok(0)
         }

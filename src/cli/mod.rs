@@ -5,9 +5,9 @@ mod build;
 mod cache_cmd;
 mod explain;
 mod gc;
-mod key;
 mod graph;
 mod hash_cmd;
+mod key;
 mod plan_cmd;
 mod show;
 mod validate;
@@ -229,5 +229,6 @@ pub(crate) fn shared_cache(
         signer,
         trusted,
         concurrency: 32,
+        disabled: Default::default(),
     }))
 }

@@ -124,6 +124,20 @@ pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
     })
 }
 
+/// An existing, available image may stand for a layer when it is owned by
+/// this account or one listed in `cache.owners`, and carries the layer's
+/// `amimake:layer-hash` tag.
+pub(crate) fn image_usable(
+    owner: Option<&str>,
+    tag: Option<&str>,
+    account: &str,
+    owners: &[String],
+    hash: &str,
+) -> bool {
+    let owner_ok = owner.is_some_and(|o| o == account || owners.iter().any(|a| a == o));
+    owner_ok && tag == Some(hash)
+}
+
 impl Prepared {
     /// Whether a cached entry's image may be used: it exists, is available,
     /// is owned by an allowed account and carries the layer-hash tag.
@@ -133,14 +147,13 @@ impl Prepared {
             Live::Ec2 {
                 existing, account, ..
             } => match existing.get(&e.image) {
-                Some((owner, tag)) => {
-                    let owners = &self.project.config.cache.owners;
-                    let owner_ok = match owner {
-                        Some(o) => o == account || owners.iter().any(|a| a == o),
-                        None => false,
-                    };
-                    owner_ok && tag.as_deref() == Some(e.hash.as_str())
-                }
+                Some((owner, tag)) => image_usable(
+                    owner.as_deref(),
+                    tag.as_deref(),
+                    account,
+                    &self.project.config.cache.owners,
+                    e.hash.as_str(),
+                ),
                 None => false,
             },
         }
@@ -467,4 +480,56 @@ pub fn run(args: PlanArgs) -> Result<i32> {
         TextOrJson::Text => print_plan_text(&prepared.project, &plan),
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_usable;
+
+    #[test]
+    fn only_allowed_owners_and_matching_tags() {
+        let owners = vec!["222222222222".to_string()];
+        assert!(image_usable(
+            Some("111111111111"),
+            Some("h"),
+            "111111111111",
+            &[],
+            "h"
+        ));
+        assert!(image_usable(
+            Some("222222222222"),
+            Some("h"),
+            "111111111111",
+            &owners,
+            "h"
+        ));
+        assert!(
+            !image_usable(
+                Some("333333333333"),
+                Some("h"),
+                "111111111111",
+                &owners,
+                "h"
+            ),
+            "foreign owner"
+        );
+        assert!(
+            !image_usable(
+                Some("111111111111"),
+                Some("other"),
+                "111111111111",
+                &owners,
+                "h"
+            ),
+            "wrong tag"
+        );
+        assert!(
+            !image_usable(Some("111111111111"), None, "111111111111", &owners, "h"),
+            "untagged"
+        );
+        assert!(
+            !image_usable(None, Some("h"), "111111111111", &owners, "h"),
+            "unknown owner"
+        );
+    }
 }

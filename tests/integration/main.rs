@@ -7,4 +7,5 @@ mod support;
 mod build;
 mod ec2;
 mod hashing;
+mod shared;
 mod templates;
