@@ -276,8 +276,18 @@ BUNDLE_SHA256={sha}
 LOG_URL={log}
 STATUS_URL={status}
 : > "$LOG"
+# file:// URLs serve the local backend; everything else goes through curl.
+fetch() {{
+  case "$1" in
+    file://*) cp "${{1#file://}}" "$2" ;;
+    *) curl -fsS --retry 5 --retry-delay 2 -o "$2" "$1" ;;
+  esac
+}}
 put() {{
-  curl -fsS --retry 5 --retry-delay 2 -X PUT -H 'Content-Type: application/octet-stream' -T "$1" "$2" >/dev/null 2>>"$LOG" || echo "amimake: upload of $1 failed" >>"$LOG"
+  case "$2" in
+    file://*) cp "$1" "${{2#file://}}" 2>>"$LOG" || echo "amimake: upload of $1 failed" >>"$LOG" ;;
+    *) curl -fsS --retry 5 --retry-delay 2 -X PUT -H 'Content-Type: application/octet-stream' -T "$1" "$2" >/dev/null 2>>"$LOG" || echo "amimake: upload of $1 failed" >>"$LOG" ;;
+  esac
 }}
 finish() {{
   step=$(cat "$W/b/.step" 2>/dev/null | tr -d '"\\' || true)
@@ -285,15 +295,21 @@ finish() {{
   echo "==> amimake: $1 (exit $2)" >>"$LOG"
   put "$LOG" "$LOG_URL"
   put "$W/status.json" "$STATUS_URL"
+  rm -rf "$W"
   sync
   poweroff
   exit 0
 }}
-( sleep {timeout}; echo "amimake: build.timeout ({timeout}s) passed" >>"$LOG"; finish timeout 124 ) &
+(
+  trap 'kill "$S" 2>/dev/null; exit 0' TERM
+  sleep {timeout} & S=$!
+  wait "$S"
+  echo "amimake: build.timeout ({timeout}s) passed" >>"$LOG"; finish timeout 124
+) &
 WATCHDOG=$!
 echo "==> amimake: layer {layer}, build {build_id}" >>"$LOG"
 n=0
-until curl -fsS --retry 5 --retry-delay 2 -o "$W/bundle.tgz" "$BUNDLE_URL" 2>>"$LOG"; do
+until fetch "$BUNDLE_URL" "$W/bundle.tgz" 2>>"$LOG"; do
   n=$((n + 1)); [ "$n" -ge 5 ] && {{ kill "$WATCHDOG" 2>/dev/null; finish failed 1; }}
   sleep 5
 done

@@ -12,6 +12,7 @@
 pub mod bootstrap;
 pub mod ec2;
 pub mod leased;
+pub mod local;
 pub mod simulate;
 
 use std::future::Future;

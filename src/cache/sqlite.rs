@@ -89,6 +89,8 @@ pub struct Stats {
     pub builds_failed: i64,
     pub build_seconds_total: f64,
     pub database_bytes: u64,
+    /// Disk used by local-backend layer trees, when there are any.
+    pub local_tree_bytes: Option<u64>,
 }
 
 pub struct LocalCache {
@@ -387,6 +389,7 @@ impl LocalCache {
             builds_failed,
             build_seconds_total,
             database_bytes,
+            local_tree_bytes: None,
         })
     }
 

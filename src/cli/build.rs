@@ -12,6 +12,7 @@ use super::plan_cmd::Live;
 use super::BackendArgs;
 use crate::builder::ec2::{Ec2Builder, Ec2Settings, Poller};
 use crate::builder::leased::LeasedBuilder;
+use crate::builder::local::LocalBuilder;
 use crate::builder::simulate::SimulateBuilder;
 use crate::builder::Builder;
 use crate::error::{Error, Result};
@@ -100,6 +101,11 @@ pub fn run(args: BuildArgs) -> Result<i32> {
                 .collect::<HashMap<_, _>>(),
             fail: args.simulate_fail.iter().cloned().collect::<HashSet<_>>(),
         }),
+        Live::Local { store, sandbox } => Arc::new(LocalBuilder {
+            store: store.clone(),
+            target: prepared.target.clone(),
+            sandbox: *sandbox,
+        }),
         Live::Ec2 {
             aws,
             root_images: roots,
@@ -128,7 +134,7 @@ pub fn run(args: BuildArgs) -> Result<i32> {
             lease_ttl: Duration::from_secs(120),
             poll: match &prepared.live {
                 Live::Ec2 { .. } => ec2_settings(&project.config)?.poll_interval,
-                Live::Simulate => Duration::from_millis(200),
+                Live::Simulate | Live::Local { .. } => Duration::from_millis(200),
             },
         }),
         None => builder,

@@ -117,7 +117,12 @@ pub fn run(args: CacheArgs) -> Result<i32> {
             println!("forgot {n} entr{}", if n == 1 { "y" } else { "ies" });
         }
         CacheCommand::Stats { format } => {
-            let s = cache.stats()?;
+            let mut s = cache.stats()?;
+            let store = crate::builder::local::store_dir(&super::local_cache_dir(&project));
+            s.local_tree_bytes = store
+                .join("layers")
+                .is_dir()
+                .then(|| crate::builder::local::disk_usage(&store));
             match format {
                 TextOrJson::Json => super::print_json(&s)?,
                 TextOrJson::Text => {
@@ -133,6 +138,13 @@ pub fn run(args: CacheArgs) -> Result<i32> {
                         human_seconds(s.build_seconds_total)
                     );
                     println!("size        {} KiB", s.database_bytes / 1024);
+                    if let Some(bytes) = s.local_tree_bytes {
+                        println!(
+                            "local trees {} MiB in {}",
+                            bytes / (1024 * 1024),
+                            store.display()
+                        );
+                    }
                 }
             }
         }

@@ -16,6 +16,10 @@ pub struct GcArgs {
     /// longer running.
     #[arg(long)]
     pub orphans: bool,
+    /// Remove local-backend layer trees that no cache entry references,
+    /// and staging directories of builds that are no longer running.
+    #[arg(long)]
+    pub local: bool,
     /// Only list what would be removed.
     #[arg(long)]
     pub dry_run: bool,
@@ -29,10 +33,16 @@ fn pid_alive(pid: i64) -> bool {
 }
 
 pub fn run(args: GcArgs) -> Result<i32> {
-    if !args.orphans {
+    if !args.orphans && !args.local {
         return Err(Error::Usage(
-            "say what to collect: `amimake gc --orphans` removes resources of builds that are no longer running".into(),
+            "say what to collect: `--orphans` (cloud resources of builds that are no longer running) and/or `--local` (unreferenced local layer trees)".into(),
         ));
+    }
+    if args.local {
+        gc_local(args.dry_run)?;
+    }
+    if !args.orphans {
+        return Ok(0);
     }
     let project = super::load_project()?;
     let cache = super::open_cache(&project)?;
@@ -165,4 +175,59 @@ pub fn run(args: GcArgs) -> Result<i32> {
         }
         Ok(0)
     })
+}
+
+/// Removes local trees without a cache entry, and stale staging directories.
+fn gc_local(dry_run: bool) -> Result<()> {
+    use crate::builder::local;
+    let project = super::load_project()?;
+    let cache = super::open_cache(&project)?;
+    let store = local::store_dir(&super::local_cache_dir(&project));
+    let target = local::target();
+    let referenced: HashSet<String> = cache
+        .list(Some(&target))?
+        .into_iter()
+        .map(|(e, _)| e.hash.to_string())
+        .collect();
+    let verb = if dry_run { "would remove" } else { "removing" };
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut remove = |path: &std::path::Path, why: &str| -> Result<()> {
+        let size = local::disk_usage(path);
+        println!(
+            "{verb} {} ({why}, {} MiB)",
+            path.display(),
+            size / (1024 * 1024)
+        );
+        count += 1;
+        bytes += size;
+        if !dry_run {
+            std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+        }
+        Ok(())
+    };
+    if let Ok(dirs) = std::fs::read_dir(store.join("layers")) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if !referenced.contains(&name) {
+                remove(&d.path(), "no cache entry")?;
+            }
+        }
+    }
+    if let Ok(dirs) = std::fs::read_dir(store.join("staging")) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let pid: Option<i64> = name.split('-').nth(1).and_then(|p| p.parse().ok());
+            if !pid.is_some_and(pid_alive) {
+                remove(&d.path(), "unfinished build")?;
+            }
+        }
+    }
+    println!(
+        "{} local tree{} {}, {} MiB",
+        count,
+        if count == 1 { "" } else { "s" },
+        if dry_run { "to remove" } else { "removed" },
+        bytes / (1024 * 1024)
+    );
+    Ok(())
 }

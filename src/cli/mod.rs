@@ -4,6 +4,7 @@
 mod build;
 mod cache_cmd;
 mod explain;
+mod export;
 mod gc;
 mod graph;
 mod hash_cmd;
@@ -60,7 +61,9 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Inspect and manage the local layer cache.
     Cache(cache_cmd::CacheArgs),
-    /// Remove what builds left behind (`--orphans`).
+    /// Export a local layer as a tar, raw or qcow2 image.
+    Export(export::ExportArgs),
+    /// Remove what builds left behind (`--orphans`, `--local`).
     Gc(gc::GcArgs),
     /// Signing keys for shared-cache records.
     Key(key::KeyArgs),
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Build(a) => build::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Cache(a) => cache_cmd::run(a),
+        Command::Export(a) => export::run_export(a),
         Command::Gc(a) => gc::run(a),
         Command::Key(a) => key::run(a),
     }

@@ -49,6 +49,11 @@ pub(crate) struct Prepared {
 /// What a backend learned online while preparing.
 pub(crate) enum Live {
     Simulate,
+    Local {
+        /// `<cache dir>/local/<arch>`.
+        store: std::path::PathBuf,
+        sandbox: crate::builder::local::Sandbox,
+    },
     Ec2 {
         aws: Aws,
         account: String,
@@ -78,16 +83,22 @@ pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
             Live::Simulate,
         ),
         BackendKind::Ec2 => runtime.block_on(prepare_ec2(&project, base_ami))?,
-        other => {
-            return Err(Error::Usage(format!(
-                "the {other} backend is not available in this version of amimake yet; use --backend ec2 or simulate"
-            )))
+        BackendKind::Local => {
+            let sandbox = crate::builder::local::Sandbox::detect().map_err(Error::Usage)?;
+            (
+                crate::builder::local::target(),
+                super::offline_hashes(&project, backend, base_ami)?,
+                Live::Local {
+                    store: crate::builder::local::store_dir(&super::local_cache_dir(&project)),
+                    sandbox,
+                },
+            )
         }
     };
     let cache = Arc::new(super::open_cache(&project)?);
     let shared = match &live {
         Live::Ec2 { aws, .. } => super::shared_cache(&project, Some(aws.clone()), &runtime)?,
-        Live::Simulate => super::shared_cache(&project, None, &runtime)?,
+        Live::Simulate | Live::Local { .. } => super::shared_cache(&project, None, &runtime)?,
     };
     let keys: Vec<LayerHash> = hashes.iter().filter_map(|h| h.hash()).cloned().collect();
     let tiered = Tiered {
@@ -144,6 +155,9 @@ impl Prepared {
     pub fn verified(&self, e: &CacheEntry) -> bool {
         match &self.live {
             Live::Simulate => true,
+            Live::Local { store, .. } => {
+                crate::builder::local::tree(store, e.hash.as_str()).is_dir()
+            }
             Live::Ec2 {
                 existing, account, ..
             } => match existing.get(&e.image) {
@@ -295,7 +309,7 @@ pub(crate) fn make_plan(
 ) -> Result<Plan> {
     let drift_roots = match &p.live {
         Live::Ec2 { drift_roots, .. } => drift_roots.clone(),
-        Live::Simulate => Vec::new(),
+        Live::Simulate | Live::Local { .. } => Vec::new(),
     };
     let opts = PlanOptions {
         targets: targets.to_vec(),

@@ -7,5 +7,6 @@ mod support;
 mod build;
 mod ec2;
 mod hashing;
+mod local;
 mod shared;
 mod templates;
