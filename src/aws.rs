@@ -93,6 +93,9 @@ pub struct ImageInfo {
     pub created: Option<String>,
     pub root_device: Option<String>,
     pub snapshots: Vec<String>,
+    /// Sum of the image's EBS volume sizes (GiB): what its snapshots hold.
+    pub size_gb: u64,
+    pub public: bool,
     pub tags: HashMap<String, String>,
 }
 
@@ -333,6 +336,88 @@ impl Aws {
                 }
             }
         }
+    }
+
+    /// Grants (or with `remove`, revokes) launch permission on an image and
+    /// create-volume permission on its snapshots. `accounts`, an
+    /// organization ARN, or everyone (`public`).
+    pub async fn set_sharing(
+        &self,
+        image: &str,
+        snapshots: &[String],
+        accounts: &[String],
+        org: Option<&str>,
+        public: bool,
+        remove: bool,
+    ) -> Result<(), AwsError> {
+        use aws_sdk_ec2::types::{
+            CreateVolumePermission, CreateVolumePermissionModifications, LaunchPermission,
+            LaunchPermissionModifications, PermissionGroup,
+        };
+        let mut perms: Vec<LaunchPermission> = accounts
+            .iter()
+            .map(|a| LaunchPermission::builder().user_id(a).build())
+            .collect();
+        if let Some(org) = org {
+            perms.push(LaunchPermission::builder().organization_arn(org).build());
+        }
+        if public {
+            perms.push(
+                LaunchPermission::builder()
+                    .group(PermissionGroup::All)
+                    .build(),
+            );
+        }
+        let mods = if remove {
+            LaunchPermissionModifications::builder()
+                .set_remove(Some(perms))
+                .build()
+        } else {
+            LaunchPermissionModifications::builder()
+                .set_add(Some(perms))
+                .build()
+        };
+        self.ec2
+            .modify_image_attribute()
+            .image_id(image)
+            .launch_permission(mods)
+            .send()
+            .await
+            .map_err(|e| err("ModifyImageAttribute", e))?;
+        let mut vols: Vec<CreateVolumePermission> = accounts
+            .iter()
+            .map(|a| CreateVolumePermission::builder().user_id(a).build())
+            .collect();
+        if public {
+            vols.push(
+                CreateVolumePermission::builder()
+                    .group(PermissionGroup::All)
+                    .build(),
+            );
+        }
+        if vols.is_empty() {
+            return Ok(());
+        }
+        for snap in snapshots {
+            let mods = if remove {
+                CreateVolumePermissionModifications::builder()
+                    .set_remove(Some(vols.clone()))
+                    .build()
+            } else {
+                CreateVolumePermissionModifications::builder()
+                    .set_add(Some(vols.clone()))
+                    .build()
+            };
+            self.ec2
+                .modify_snapshot_attribute()
+                .snapshot_id(snap)
+                .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                .create_volume_permission(mods)
+                .send()
+                .await
+                .map_err(|e| err("ModifySnapshotAttribute", e))?;
+        }
+        Ok(())
     }
 
     /// Deregisters an image and deletes its snapshots.
@@ -603,6 +688,13 @@ pub(crate) fn image_info(i: &aws_sdk_ec2::types::Image) -> ImageInfo {
             .iter()
             .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
             .collect(),
+        size_gb: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.volume_size()))
+            .map(|v| v.max(0) as u64)
+            .sum(),
+        public: i.public().unwrap_or(false),
         tags: i
             .tags()
             .iter()

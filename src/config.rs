@@ -30,6 +30,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub builder: BuilderConfig,
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
+    pub gc: GcConfig,
     /// Default `-j` for builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<usize>,
@@ -54,6 +56,14 @@ pub struct CacheConfig {
     /// Accounts whose images a remote hit may point at.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Snapshot storage price for `gc`'s saving estimate (default 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_price_per_gb_month: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

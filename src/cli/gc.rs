@@ -23,6 +23,12 @@ pub struct GcArgs {
     /// Only list what would be removed.
     #[arg(long)]
     pub dry_run: bool,
+    /// Images: only those built longer ago than this (e.g. `30d`).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    /// Images: always keep the newest N of each template.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep: usize,
 }
 
 /// Tagged instances of builds unknown here are only orphans this old.
@@ -34,9 +40,7 @@ fn pid_alive(pid: i64) -> bool {
 
 pub fn run(args: GcArgs) -> Result<i32> {
     if !args.orphans && !args.local {
-        return Err(Error::Usage(
-            "say what to collect: `--orphans` (cloud resources of builds that are no longer running) and/or `--local` (unreferenced local layer trees)".into(),
-        ));
+        return super::lifecycle::gc_images(args.dry_run, args.older_than.as_deref(), args.keep);
     }
     if args.local {
         gc_local(args.dry_run)?;

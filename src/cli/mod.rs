@@ -9,6 +9,7 @@ mod gc;
 mod graph;
 mod hash_cmd;
 mod key;
+mod lifecycle;
 mod plan_cmd;
 mod show;
 mod validate;
@@ -63,10 +64,21 @@ pub enum Command {
     Cache(cache_cmd::CacheArgs),
     /// Export a local layer as a tar, raw or qcow2 image.
     Export(export::ExportArgs),
-    /// Remove what builds left behind (`--orphans`, `--local`).
+    /// Delete images no template needs any more; with `--orphans`/`--local`,
+    /// what killed builds left behind.
     Gc(gc::GcArgs),
     /// Signing keys for shared-cache records.
     Key(key::KeyArgs),
+    /// A layer's chain (or dependents) with images, sizes and build time saved.
+    Tree(lifecycle::TreeArgs),
+    /// Deregister a layer's image; refused while layers are built on it.
+    Delete(lifecycle::DeleteArgs),
+    /// Share an image (and its snapshots) with accounts, an organization or everyone.
+    Share(lifecycle::ShareArgs),
+    /// Take back what `share` granted.
+    Unshare(lifecycle::ShareArgs),
+    /// What a source-image update would invalidate, without building.
+    Drift(lifecycle::DriftArgs),
 }
 
 /// Output formats shared by several commands.
@@ -106,6 +118,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export(a) => export::run_export(a),
         Command::Gc(a) => gc::run(a),
         Command::Key(a) => key::run(a),
+        Command::Tree(a) => lifecycle::tree(a),
+        Command::Delete(a) => lifecycle::delete(a),
+        Command::Share(a) => lifecycle::share(a, false),
+        Command::Unshare(a) => lifecycle::share(a, true),
+        Command::Drift(a) => lifecycle::drift(a),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::moto::{Moto, BUCKET};
 use crate::support::*;
 
 /// A three-layer chain on `base`: root -> mid -> leaf.
-fn chain(moto: &Moto) -> (Project, String) {
+pub(crate) fn chain(moto: &Moto) -> (Project, String) {
     let base = moto.base_image();
     let p = Project::new();
     p.file(
@@ -36,13 +36,15 @@ fn chain(moto: &Moto) -> (Project, String) {
     (p, base)
 }
 
-fn amimake(p: &Project, moto: &Moto, args: &[&str]) -> Run {
+pub(crate) fn amimake(p: &Project, moto: &Moto, args: &[&str]) -> Run {
     let mut c = p.cmd(args);
     moto.env(&mut c);
     Run(c.output().unwrap())
 }
 
-fn images_by_layer(summary: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn images_by_layer(
+    summary: &serde_json::Value,
+) -> std::collections::BTreeMap<String, String> {
     summary["layers"]
         .as_array()
         .unwrap()

@@ -7,6 +7,7 @@ mod support;
 mod build;
 mod ec2;
 mod hashing;
+mod lifecycle;
 mod local;
 mod shared;
 mod templates;
