@@ -10,6 +10,8 @@
 //! - `--floor DIR DB`: the floor, i.e. the least work a null build can do:
 //!   read and blake3-hash every file under DIR/templates, DIR/scripts and
 //!   DIR/files, then one SQLite lookup per template against DB;
+//! - `--generate DIR N`: write an N-layer repository into DIR (for
+//!   reproducing a measurement by hand);
 //! - `--measure-rss CMD ARGS...`: run CMD as our only child and print its
 //!   peak RSS (`getrusage(RUSAGE_CHILDREN)`), so earlier children of the
 //!   benchmark process cannot inflate the maximum.
@@ -38,6 +40,13 @@ fn main() -> ExitCode {
         Some("--floor") if args.len() == 4 => {
             let (files, lookups, hits) = floor(Path::new(&args[2]), Path::new(&args[3]));
             println!("floor: {files} files hashed, {lookups} lookups, {hits} hits");
+            ExitCode::SUCCESS
+        }
+        Some("--generate") if args.len() == 4 => {
+            let dir = Path::new(&args[2]);
+            let n: usize = args[3].parse().expect("N is a number of layers");
+            std::fs::create_dir_all(dir).expect("create DIR");
+            amimake::testgen::generate_repo(dir, n).expect("generate repository");
             ExitCode::SUCCESS
         }
         Some("--measure-rss") if args.len() >= 3 => measure_rss(&args[2..]),

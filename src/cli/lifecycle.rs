@@ -453,7 +453,7 @@ pub fn gc_candidates(
     }
     let mut kept_newest: HashSet<String> = HashSet::new();
     for list in by_template.values_mut() {
-        list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        list.sort_by_key(|e| std::cmp::Reverse(e.created_at));
         kept_newest.extend(list.iter().take(keep).map(|e| e.hash.to_string()));
     }
     let mut candidates: HashSet<String> = entries
