@@ -133,6 +133,55 @@ impl Aws {
         })
     }
 
+    /// The same credentials and settings, another region.
+    pub fn in_region(&self, region: &str) -> Aws {
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            self.ec2
+                .config()
+                .to_builder()
+                .region(aws_config::Region::new(region.to_string()))
+                .build(),
+        );
+        let s3 = aws_sdk_s3::Client::from_conf(
+            self.s3
+                .config()
+                .to_builder()
+                .region(aws_sdk_s3::config::Region::new(region.to_string()))
+                .build(),
+        );
+        Aws {
+            ec2,
+            s3,
+            sts: self.sts.clone(),
+            region: region.to_string(),
+        }
+    }
+
+    /// CopyImage into this client's region; returns the new image ID.
+    pub async fn copy_image(
+        &self,
+        source_region: &str,
+        source_image: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<String, AwsError> {
+        let out = self
+            .ec2
+            .copy_image()
+            .source_region(source_region)
+            .source_image_id(source_image)
+            .name(name)
+            .description(description)
+            .send()
+            .await
+            .map_err(|e| err("CopyImage", e))?;
+        out.image_id().map(str::to_string).ok_or_else(|| AwsError {
+            operation: "CopyImage",
+            code: None,
+            message: "no image ID in the answer".into(),
+        })
+    }
+
     /// The caller's account ID.
     pub async fn account(&self) -> Result<String, AwsError> {
         let out = self.sts.get_caller_identity().send().await.map_err(|e| {

@@ -267,6 +267,9 @@ impl Ec2Builder {
         job: &LayerJob,
         created: Arc<Mutex<Created>>,
     ) -> Result<BuiltImage, LayerError> {
+        if let Some((region, image)) = &job.copy_from {
+            return self.copy_layer(job, region, image, created).await;
+        }
         let parent_image = job
             .parent_image
             .clone()
@@ -560,6 +563,39 @@ impl Ec2Builder {
         })
     }
 
+    /// CopyImage of the layer's image from another region into this one,
+    /// recorded before it exists and tagged like a built image.
+    async fn copy_layer(
+        &self,
+        job: &LayerJob,
+        region: &str,
+        image: &str,
+        created: Arc<Mutex<Created>>,
+    ) -> Result<BuiltImage, LayerError> {
+        let (new, snapshots) = copy_into(
+            &self.aws,
+            &self.cache,
+            &self.poller,
+            job.name(),
+            &job.hash,
+            &job.build_id,
+            region,
+            image,
+            self.settings.max_wait,
+        )
+        .await
+        .map_err(fail)?;
+        let mut c = created.lock().unwrap_or_else(|p| p.into_inner());
+        c.image = Some(new.clone());
+        c.snapshots = snapshots.clone();
+        c.done = true;
+        Ok(BuiltImage {
+            image: new,
+            snapshots,
+            adopted: false,
+        })
+    }
+
     /// Terminates the instance; on failure also removes a half-made image.
     async fn cleanup(&self, job: &LayerJob, created: &Mutex<Created>, succeeded: bool) {
         let c = std::mem::take(&mut *created.lock().unwrap_or_else(|p| p.into_inner()));
@@ -620,4 +656,210 @@ pub fn ami_name(layer: &str, hash_short: &str, build_id: &str) -> String {
         })
         .take(128)
         .collect()
+}
+
+/// Copies `image` from `source_region` into `aws`'s region, waits until it
+/// is available (through `poller`, which must poll that region), and tags it
+/// and its snapshots with the source image's tags. Returns the copy and its
+/// snapshots.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_into(
+    aws: &Aws,
+    cache: &LocalCache,
+    poller: &Poller,
+    layer: &str,
+    hash: &crate::hash::LayerHash,
+    build_id: &str,
+    source_region: &str,
+    image: &str,
+    max_wait: Duration,
+) -> Result<(String, Vec<String>), String> {
+    let source = aws.in_region(source_region);
+    let tags: Vec<(String, String)> = source
+        .describe_images(&[image.to_string()])
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .map(|i| i.tags.into_iter().collect())
+        .unwrap_or_default();
+    let name = ami_name(layer, hash.short(), build_id);
+    let pending = format!("pending-image:{name}");
+    let _ = cache.record_resource(
+        &pending,
+        "image",
+        &aws.region,
+        build_id,
+        layer,
+        hash.as_str(),
+    );
+    let new = aws
+        .copy_image(
+            source_region,
+            image,
+            &name,
+            &format!("amimake layer {layer} ({hash}), copied from {image} in {source_region}"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = cache.rename_resource(&pending, &new);
+    let result = async {
+        poller.wait_image(&new, max_wait).await?;
+        let info = aws
+            .describe_images(std::slice::from_ref(&new))
+            .await
+            .map_err(|e| e.to_string())?;
+        let snapshots = info
+            .first()
+            .map(|i| i.snapshots.clone())
+            .unwrap_or_default();
+        let mut resources = vec![new.clone()];
+        resources.extend(snapshots.iter().cloned());
+        let mut tags = tags;
+        tags.retain(|(k, _)| k != "Name");
+        tags.push(("Name".into(), name.clone()));
+        tags.push((
+            "amimake:copied-from".into(),
+            format!("{source_region}/{image}"),
+        ));
+        aws.tag(&resources, &tags)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(snapshots)
+    }
+    .await;
+    match result {
+        Ok(snapshots) => {
+            let _ = cache.forget_resource(&new);
+            Ok((new, snapshots))
+        }
+        Err(e) => {
+            if aws.delete_image(&new, &[]).await.is_ok() {
+                let _ = cache.forget_resource(&new);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One layer image to have in other regions.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub layer: String,
+    pub hash: crate::hash::LayerHash,
+    pub parent_hash: Option<String>,
+    pub image: String,
+    pub regions: Vec<String>,
+}
+
+/// Copies built and reused images into their other regions, at most three
+/// CopyImage operations at once, one cache entry per region. Images already
+/// present (cached and still available there) are skipped. Returns the
+/// number of failed copies; progress goes to stderr.
+pub async fn replicate(
+    aws: &Aws,
+    account: &str,
+    cache: Arc<LocalCache>,
+    build_id: &str,
+    replicas: Vec<Replica>,
+    settings: &Ec2Settings,
+) -> usize {
+    use crate::report::rfc3339;
+    let sem = Arc::new(tokio::sync::Semaphore::new(3));
+    let mut pollers: HashMap<String, Arc<Poller>> = HashMap::new();
+    let mut set = tokio::task::JoinSet::new();
+    for r in replicas {
+        for region in r.regions.iter().filter(|reg| **reg != aws.region) {
+            let regional = aws.in_region(region);
+            let target = format!("ec2/{account}/{region}");
+            if let Ok(Some(e)) = cache.get(&r.hash, &target) {
+                let present = regional
+                    .describe_images(std::slice::from_ref(&e.image))
+                    .await
+                    .map(|v| v.iter().any(|i| i.state == "available"))
+                    .unwrap_or(false);
+                if present {
+                    continue;
+                }
+            }
+            let poller = pollers
+                .entry(region.clone())
+                .or_insert_with(|| {
+                    let p = Poller::new(regional.clone(), settings.poll_interval);
+                    tokio::spawn(p.clone().run());
+                    p
+                })
+                .clone();
+            let (sem, cache, r, region, build_id, source_region, max_wait) = (
+                sem.clone(),
+                cache.clone(),
+                r.clone(),
+                region.clone(),
+                build_id.to_string(),
+                aws.region.clone(),
+                settings.max_wait,
+            );
+            set.spawn(async move {
+                let _permit = sem.acquire().await;
+                let started = Instant::now();
+                eprintln!(
+                    "[{}] {}: copying {} to {region}",
+                    rfc3339(std::time::SystemTime::now()),
+                    r.layer,
+                    r.image
+                );
+                match copy_into(
+                    &regional,
+                    &cache,
+                    &poller,
+                    &r.layer,
+                    &r.hash,
+                    &build_id,
+                    &source_region,
+                    &r.image,
+                    max_wait,
+                )
+                .await
+                {
+                    Ok((image, _)) => {
+                        let entry = crate::cache::CacheEntry {
+                            hash: r.hash.clone(),
+                            target,
+                            image: image.clone(),
+                            parent_hash: r.parent_hash.clone(),
+                            template: r.layer.clone(),
+                            created_at: crate::cache::now_unix(),
+                            build_seconds: Some(started.elapsed().as_secs_f64()),
+                            build_id: Some(build_id.clone()),
+                        };
+                        if let Err(e) = cache.put_entry(&entry) {
+                            eprintln!(
+                                "{}: copied to {region} as {image} but could not record it: {e}",
+                                r.layer
+                            );
+                            return false;
+                        }
+                        eprintln!(
+                            "[{}] {}: copied to {region} as {image} in {:.1}s",
+                            rfc3339(std::time::SystemTime::now()),
+                            r.layer,
+                            started.elapsed().as_secs_f64()
+                        );
+                        true
+                    }
+                    Err(e) => {
+                        eprintln!("{}: copy to {region} failed: {e}", r.layer);
+                        false
+                    }
+                }
+            });
+        }
+    }
+    let mut failed = 0;
+    while let Some(done) = set.join_next().await {
+        if !matches!(done, Ok(true)) {
+            failed += 1;
+        }
+    }
+    failed
 }

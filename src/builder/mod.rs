@@ -31,6 +31,8 @@ pub struct LayerJob {
     /// The parent layer's image; for a root, its source image when known.
     pub parent_image: Option<String>,
     pub parent_hash: Option<LayerHash>,
+    /// Copy this (region, image) instead of building (ec2 multi-region).
+    pub copy_from: Option<(String, String)>,
 }
 
 impl LayerJob {

@@ -306,6 +306,23 @@ impl LocalCache {
         }))
     }
 
+    /// Entries of `hash` on targets starting with `target_prefix`.
+    pub fn entries_for_hash(
+        &self,
+        hash: &LayerHash,
+        target_prefix: &str,
+    ) -> Result<Vec<CacheEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT hash, target, image, parent_hash, template, created_at, build_seconds, build_id
+             FROM layers WHERE hash = ?1 AND substr(target, 1, length(?2)) = ?2 ORDER BY created_at DESC",
+        )?;
+        let rows = stmt
+            .query_map(params![hash.as_str(), target_prefix], row_to_entry)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// All entries, optionally for one target, newest first.
     pub fn list(&self, target: Option<&str>) -> Result<Vec<(CacheEntry, i64)>> {
         let conn = self.conn();

@@ -39,6 +39,10 @@ pub struct BuildArgs {
     /// Write a JSON summary of the build to FILE.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// ec2: also copy the images to these regions (comma separated), besides
+    /// `regions:` in amimake.yaml and the templates.
+    #[arg(long, value_delimiter = ',', value_name = "REGION")]
+    pub regions: Vec<String>,
     /// simulate backend: sleep SECONDS when building NAME (repeatable).
     #[arg(long = "simulate-duration", value_name = "NAME=SECONDS", value_parser = parse_duration_arg)]
     pub simulate_duration: Vec<(String, Duration)>,
@@ -165,6 +169,42 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         reporter.as_mut(),
     ))?;
 
+    let mut copy_failures = 0;
+    if let (Live::Ec2 { aws, account, .. }, false) = (&prepared.live, outcome.interrupted) {
+        let replicas: Vec<crate::builder::ec2::Replica> = plan
+            .layers
+            .iter()
+            .zip(&outcome.layers)
+            .filter_map(|(l, done)| {
+                let regions = layer_regions(project, l.index, &args.regions);
+                if regions.is_empty() {
+                    return None;
+                }
+                Some(crate::builder::ec2::Replica {
+                    layer: done.name.clone(),
+                    hash: l.hash.clone(),
+                    parent_hash: l
+                        .record
+                        .parent_name
+                        .as_ref()
+                        .and(Some(l.record.parent.clone())),
+                    image: done.image.clone()?,
+                    regions,
+                })
+            })
+            .collect();
+        if !replicas.is_empty() {
+            let settings = ec2_settings(&project.config)?;
+            copy_failures = prepared.runtime.block_on(crate::builder::ec2::replicate(
+                aws,
+                account,
+                prepared.cache.clone(),
+                &build_id,
+                replicas,
+                &settings,
+            ));
+        }
+    }
     if let Some(path) = &args.summary {
         let summary = BuildSummary {
             schema_version: 1,
@@ -195,6 +235,12 @@ pub fn run(args: BuildArgs) -> Result<i32> {
     eprintln!("{line}");
     if outcome.interrupted {
         return Err(Error::Interrupted);
+    }
+    if copy_failures > 0 {
+        return Err(Error::BuildFailed(format!(
+            "{copy_failures} region cop{} failed",
+            if copy_failures == 1 { "y" } else { "ies" }
+        )));
     }
     if failed > 0 {
         return Err(Error::BuildFailed(format!(
@@ -233,4 +279,21 @@ fn ec2_settings(config: &crate::config::Config) -> Result<Ec2Settings> {
         poll_interval: duration("poll_interval", &b.poll_interval, Duration::from_secs(5))?,
         max_wait: duration("max_wait", &b.max_wait, Duration::from_secs(2 * 3600))?,
     })
+}
+
+/// The regions a layer's image should also be in: `regions:` of
+/// amimake.yaml, of the templates along its chain, and `--regions`.
+pub(crate) fn layer_regions(
+    project: &crate::template::Project,
+    index: usize,
+    extra: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = project.config.regions.clone();
+    for &i in &project.layers[index].chain {
+        out.extend(project.layers[i].template.doc.regions.iter().cloned());
+    }
+    out.extend(extra.iter().cloned());
+    out.sort();
+    out.dedup();
+    out
 }

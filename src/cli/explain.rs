@@ -80,6 +80,14 @@ pub fn run(args: ExplainArgs) -> Result<i32> {
                 entry.image
             );
         }
+        (Action::Copy, _) => {
+            let (region, image) = me.copy_from.clone().unwrap_or_default();
+            println!(
+                "{} would be copied to {} from {image} in {region}: the same layer hash is built there",
+                layer.name(),
+                p.target
+            );
+        }
         (Action::Build, reason) => {
             let reason = reason.expect("a build has a reason");
             println!(
@@ -105,6 +113,7 @@ pub fn run(args: ExplainArgs) -> Result<i32> {
                 l.entry.as_ref().map(|e| e.image.as_str()).unwrap_or("")
             ),
             Action::Build => format!("build ({})", l.reason.map(|r| r.as_str()).unwrap_or("")),
+            Action::Copy => "copy from another region".to_string(),
         };
         println!("  ancestor   {}: {what}", a.name());
     }

@@ -47,6 +47,8 @@ pub(crate) struct Prepared {
 }
 
 /// What a backend learned online while preparing.
+// One value per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Live {
     Simulate,
     Local {
@@ -61,6 +63,11 @@ pub(crate) enum Live {
         root_images: Vec<Option<String>>,
         /// Roots whose source comes from an `ami_filter`.
         drift_roots: Vec<usize>,
+        /// Layers missing here but built in another region: (region, image).
+        copy_sources: HashMap<LayerHash, (String, String)>,
+        /// Roots whose source image is not in this region, with the error
+        /// to report if one of them has to be built.
+        missing_sources: Vec<(usize, String)>,
         /// Images of cache hits that exist and are available: their owner
         /// and `amimake:layer-hash` tag.
         existing: HashMap<String, (Option<String>, Option<String>)>,
@@ -122,6 +129,49 @@ pub(crate) fn prepare(backend_args: &BackendArgs) -> Result<Prepared> {
             .filter(|i| i.state == "available")
             .map(|i| (i.id, (i.owner, i.tags.get("amimake:layer-hash").cloned())))
             .collect();
+    }
+    if let Live::Ec2 {
+        aws,
+        account,
+        copy_sources,
+        ..
+    } = &mut live
+    {
+        // Misses built in another region of this account are copied, not rebuilt.
+        let prefix = format!("ec2/{account}/");
+        let mut candidates: HashMap<String, Vec<(LayerHash, String)>> = HashMap::new();
+        for h in hashes
+            .iter()
+            .filter_map(|h| h.hash())
+            .filter(|h| !hits.contains_key(*h))
+        {
+            for e in cache.entries_for_hash(h, &prefix)? {
+                let region = e.target[prefix.len()..].to_string();
+                if region != aws.region {
+                    candidates
+                        .entry(region)
+                        .or_default()
+                        .push((h.clone(), e.image));
+                }
+            }
+        }
+        for (region, list) in candidates {
+            let regional = aws.in_region(&region);
+            let ids: Vec<String> = list.iter().map(|(_, i)| i.clone()).collect();
+            let Ok(found) = runtime.block_on(regional.describe_images(&ids)) else {
+                continue;
+            };
+            for (hash, image) in list {
+                let ok = found.iter().any(|i| {
+                    i.id == image
+                        && i.state == "available"
+                        && i.tags.get("amimake:layer-hash") == Some(&hash.to_string())
+                });
+                if ok {
+                    copy_sources.entry(hash).or_insert((region.clone(), image));
+                }
+            }
+        }
     }
     Ok(Prepared {
         project,
@@ -225,6 +275,7 @@ async fn prepare_ec2(
     let recorder = super::open_cache(project)?;
     let mut root_images: Vec<Option<String>> = vec![None; project.layers.len()];
     let mut drift_roots = Vec::new();
+    let mut missing_sources = Vec::new();
     for (i, layer) in project.layers.iter().enumerate() {
         if layer.parent.is_some() {
             continue;
@@ -270,10 +321,15 @@ async fn prepare_ec2(
                 )))
             }
             None => {
-                return Err(Error::Usage(format!(
-                    "source image {image} of {where_} does not exist in {} (or is not visible to account {account})",
-                    aws.region
-                )))
+                // Only an error if the root must be built here (it may be
+                // copied from another region instead): see `make_plan`.
+                missing_sources.push((
+                    i,
+                    format!(
+                        "source image {image} of {where_} does not exist in {} (or is not visible to account {account})",
+                        aws.region
+                    ),
+                ));
             }
         }
         root_images[i] = Some(image);
@@ -296,6 +352,8 @@ async fn prepare_ec2(
             account,
             root_images,
             drift_roots,
+            copy_sources: HashMap::new(),
+            missing_sources,
             existing: HashMap::new(),
         },
     ))
@@ -317,8 +375,12 @@ pub(crate) fn make_plan(
         rebuild_base,
         now: now_unix(),
         drift_roots,
+        copy_sources: match &p.live {
+            Live::Ec2 { copy_sources, .. } => copy_sources.clone(),
+            _ => HashMap::new(),
+        },
     };
-    plan(
+    let plan = plan(
         &p.project,
         &p.hashes,
         &p.cache,
@@ -326,7 +388,18 @@ pub(crate) fn make_plan(
         &p.target,
         &opts,
         &|e| p.verified(e),
-    )
+    )?;
+    if let Live::Ec2 {
+        missing_sources, ..
+    } = &p.live
+    {
+        for l in plan.layers.iter().filter(|l| l.action == Action::Build) {
+            if let Some((_, msg)) = missing_sources.iter().find(|(i, _)| *i == l.index) {
+                return Err(Error::Usage(msg.clone()));
+            }
+        }
+    }
+    Ok(plan)
 }
 
 #[derive(Serialize)]
@@ -355,6 +428,9 @@ struct PlanLayerJson<'a> {
 pub(crate) struct Totals {
     pub build: usize,
     pub reuse: usize,
+    /// Layers copied from another region instead of rebuilt (an extension
+    /// of the DESIGN contract; 0 unless multi-region is in use).
+    pub copy: usize,
     pub estimate_seconds: Option<f64>,
     pub saved_seconds: Option<f64>,
 }
@@ -365,6 +441,7 @@ pub(crate) fn totals(plan: &Plan) -> Totals {
     let mut t = Totals {
         build: 0,
         reuse: 0,
+        copy: 0,
         estimate_seconds: Some(0.0),
         saved_seconds: Some(0.0),
     };
@@ -384,6 +461,7 @@ pub(crate) fn totals(plan: &Plan) -> Totals {
                     .or(l.entry.as_ref().and_then(|e| e.build_seconds));
                 t.saved_seconds = t.saved_seconds.zip(known).map(|(a, b)| a + b);
             }
+            Action::Copy => t.copy += 1,
         }
     }
     t
@@ -455,6 +533,13 @@ pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
                     .unwrap_or("");
                 println!(
                     "  {label:width$}  reuse  {image} ({tier} cache)  {}",
+                    l.hash.short()
+                );
+            }
+            Action::Copy => {
+                let (region, image) = l.copy_from.clone().unwrap_or_default();
+                println!(
+                    "  {label:width$}  COPY   from {image} in {region}  {}",
                     l.hash.short()
                 );
             }

@@ -79,6 +79,9 @@ impl fmt::Display for Reason {
 pub enum Action {
     Build,
     Reuse,
+    /// The layer's image exists in another region of the account: CopyImage
+    /// instead of a rebuild.
+    Copy,
 }
 
 /// One layer's decision.
@@ -95,6 +98,8 @@ pub struct PlannedLayer {
     pub entry: Option<CacheEntry>,
     pub tier: Option<Tier>,
     pub estimate_seconds: Option<f64>,
+    /// For `Copy`: the (region, image) to copy from.
+    pub copy_from: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +125,8 @@ pub struct PlanOptions {
     /// The backend resolves roots from a filter (ec2 `ami_filter`), so a
     /// moved resolution is `drift` rather than `changed`.
     pub drift_roots: Vec<usize>,
+    /// Images of these hashes exist in another region: (region, image).
+    pub copy_sources: HashMap<LayerHash, (String, String)>,
 }
 
 /// How many recent builds an estimate is the median of.
@@ -193,6 +200,7 @@ pub fn plan(
             }
         };
         let mut changes = Vec::new();
+        let mut copy_from = None;
         let (action, reason) = if forced[i] {
             (Action::Build, Some(Reason::Forced))
         } else if let Some((entry, _)) = &hit {
@@ -207,6 +215,13 @@ pub fn plan(
             } else {
                 (Action::Reuse, None)
             }
+        } else if let Some(src) = opts
+            .copy_sources
+            .get(&hash)
+            .filter(|_| parent_rebuilt.is_none())
+        {
+            copy_from = Some(src.clone());
+            (Action::Copy, None)
         } else {
             let reason = match local.last_built(layer.name(), target)? {
                 Some((old_hash, Some(old))) if old_hash != hash => {
@@ -278,6 +293,7 @@ pub fn plan(
             entry,
             tier,
             estimate_seconds,
+            copy_from,
         });
     }
     Ok(Plan {

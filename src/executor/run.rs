@@ -151,10 +151,17 @@ pub async fn run(
                     record: l.record.clone(),
                     parent_image,
                     parent_hash: parent_pos(p).map(|pp| plan.layers[pp].hash.clone()),
+                    copy_from: l.copy_from.clone(),
                 };
                 reporter.event(&Event::Started {
                     name: layer.name().to_string(),
-                    reason: l.reason.unwrap_or(crate::executor::plan::Reason::New),
+                    doing: match (&l.copy_from, l.reason) {
+                        (Some((region, image)), _) => format!("copying {image} from {region}"),
+                        (None, reason) => format!(
+                            "building ({})",
+                            reason.unwrap_or(crate::executor::plan::Reason::New)
+                        ),
+                    },
                 });
                 state[p] = State::Running;
                 let builder = builder.clone();

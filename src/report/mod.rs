@@ -9,8 +9,6 @@ use std::time::{Duration, SystemTime};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::executor::plan::Reason;
-
 /// What happened to one layer in a build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,9 +38,10 @@ pub enum Event {
         name: String,
         image: String,
     },
+    /// `doing`: e.g. `building (changed)` or `copying ami-… from us-west-2`.
     Started {
         name: String,
-        reason: Reason,
+        doing: String,
     },
     Built {
         name: String,
@@ -99,7 +98,7 @@ impl Reporter for PlainReporter {
         let ts = humantime::format_rfc3339_seconds(SystemTime::now());
         let line = match event {
             Event::Reused { name, image } => format!("{name}: reused {image}"),
-            Event::Started { name, reason } => format!("{name}: building ({reason})"),
+            Event::Started { name, doing } => format!("{name}: {doing}"),
             Event::Built {
                 name,
                 image,
@@ -161,13 +160,13 @@ impl Reporter for TerminalReporter {
     fn event(&mut self, event: &Event) {
         match event {
             Event::Reused { name, image } => self.line(format!("   reused  {name} {image}")),
-            Event::Started { name, reason } => {
+            Event::Started { name, doing } => {
                 let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner:.cyan} building {msg} {elapsed:.dim}")
+                    ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.set_message(format!("{name} ({reason})"));
+                bar.set_message(format!("{name}: {doing}"));
                 bar.enable_steady_tick(Duration::from_millis(120));
                 self.bars.push((name.clone(), bar));
             }

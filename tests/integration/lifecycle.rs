@@ -285,3 +285,119 @@ fn tree_delete_and_sharing() {
         "no dependents left"
     );
 }
+
+fn regional_image(moto: &Moto, region: &str, id: &str) -> Option<aws_sdk_ec2::types::Image> {
+    let client = aws_sdk_ec2::Client::from_conf(
+        moto.ec2
+            .config()
+            .to_builder()
+            .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .build(),
+    );
+    let out = moto
+        .rt
+        .block_on(
+            client
+                .describe_images()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("image-id")
+                        .values(id)
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    out.images().first().cloned()
+}
+
+fn tag<'a>(img: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {
+    img.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+#[test]
+fn images_are_copied_to_other_regions_and_a_hit_elsewhere_is_a_copy() {
+    let moto = Moto::start();
+    let _runner = moto.runner();
+    let (p, _) = chain(&moto);
+    p.file(
+        "amimake.yaml",
+        &(p.read("amimake.yaml") + "regions: [us-west-2]\n"),
+    );
+    let images = build(&p, &moto);
+    let hashes = p.hashes();
+    let ls = amimake(
+        &p,
+        &moto,
+        &[
+            "cache",
+            "ls",
+            "--format",
+            "json",
+            "--target",
+            "ec2/123456789012/us-west-2",
+        ],
+    )
+    .json();
+    let copies = ls["entries"].as_array().unwrap();
+    assert_eq!(copies.len(), 3, "one cache entry per region: {ls}");
+    for c in copies {
+        let layer = c["template"].as_str().unwrap();
+        let img = regional_image(&moto, "us-west-2", c["image"].as_str().unwrap())
+            .expect("the copy exists in us-west-2");
+        assert_eq!(tag(&img, "amimake:layer-hash"), hashes[layer].as_deref());
+        assert_eq!(
+            tag(&img, "amimake:copied-from"),
+            Some(format!("us-east-1/{}", images[layer]).as_str())
+        );
+    }
+    // Nothing to copy the second time.
+    let r = amimake(&p, &moto, &["build"]);
+    assert!(!r.stderr().contains("copying"), "{}", r.stderr());
+
+    // The same layers wanted in eu-west-1 as the primary region: copies, not rebuilds.
+    let instances = moto.instances().len();
+    p.file(
+        "amimake.yaml",
+        &p.read("amimake.yaml")
+            .replace("region: us-east-1", "region: eu-west-1")
+            .replace("regions: [us-west-2]\n", ""),
+    );
+    let r = amimake(&p, &moto, &["plan", "--format", "json"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let plan = r.json();
+    let actions: Vec<&str> = plan["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["copy", "copy", "copy"], "{plan}");
+    assert_eq!(plan["totals"]["copy"], 3);
+    let summary = p.cache.path().join("eu.json");
+    let r = amimake(
+        &p,
+        &moto,
+        &["build", "--summary", summary.to_str().unwrap()],
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stderr().contains("copying"), "{}", r.stderr());
+    assert_eq!(
+        moto.instances().len(),
+        instances,
+        "no builder instance for a copy"
+    );
+    let eu =
+        images_by_layer(&serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap());
+    for layer in ["root", "mid", "leaf"] {
+        assert!(
+            regional_image(&moto, "eu-west-1", &eu[layer]).is_some(),
+            "{layer} in eu-west-1"
+        );
+    }
+    let plan = amimake(&p, &moto, &["plan", "--format", "json"]).json();
+    assert_eq!(plan["totals"]["reuse"], 3);
+}
