@@ -170,6 +170,7 @@ impl LocalBuilder {
                         parent.short()
                     )));
                 }
+                let copy_started = std::time::Instant::now();
                 run(
                     Command::new("cp")
                         .arg("-a")
@@ -180,6 +181,11 @@ impl LocalBuilder {
                     &mut log,
                 )
                 .await?;
+                tracing::info!(
+                    "{}: copied the parent tree in {:.3}s",
+                    job.name(),
+                    copy_started.elapsed().as_secs_f64()
+                );
             }
             None => self.make_root(job, &rootfs, &mut log).await?,
         }
