@@ -550,24 +550,10 @@ impl Aws {
 
     /// The object's bytes, or None when it does not exist.
     pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, AwsError> {
-        match self.s3.get_object().bucket(bucket).key(key).send().await {
-            Ok(out) => {
-                let bytes = out.body.collect().await.map_err(|e| AwsError {
-                    operation: "GetObject",
-                    code: None,
-                    message: e.to_string(),
-                })?;
-                Ok(Some(bytes.into_bytes().to_vec()))
-            }
-            Err(e) => {
-                let missing = matches!(e.as_service_error(), Some(se) if se.is_no_such_key());
-                if missing {
-                    Ok(None)
-                } else {
-                    Err(s3_err("GetObject", e))
-                }
-            }
-        }
+        Ok(self
+            .get_object_etag(bucket, key)
+            .await?
+            .map(|(bytes, _)| bytes))
     }
 
     /// The object's bytes and ETag, or None when it does not exist.

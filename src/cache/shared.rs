@@ -385,23 +385,9 @@ impl SharedCache {
         generation: u64,
         ttl: Duration,
     ) -> Result<Option<String>, AwsError> {
-        let key = self.key("leases", hash.as_str(), target);
-        let lease = Lease {
-            owner: whoami(),
-            build_id: build_id.to_string(),
-            expires: crate::cache::now_unix() + ttl.as_secs() as i64,
-            generation,
-        };
-        self.guard()?;
-        self.aws
-            .put_conditional(
-                &self.bucket,
-                &key,
-                serde_json::to_vec(&lease).expect("lease serializes"),
-                Some(etag),
-            )
+        let expires = crate::cache::now_unix() + ttl.as_secs() as i64;
+        self.write_lease(hash, target, build_id, etag, generation, expires)
             .await
-            .map_err(|e| self.tripped(e))
     }
 
     /// Ends our lease by expiring it (never deleting it, so generations
@@ -414,11 +400,26 @@ impl SharedCache {
         etag: &str,
         generation: u64,
     ) -> Result<(), AwsError> {
+        self.write_lease(hash, target, build_id, etag, generation, 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// Replaces our lease (`If-Match` on its ETag) with a new expiry.
+    async fn write_lease(
+        &self,
+        hash: &LayerHash,
+        target: &str,
+        build_id: &str,
+        etag: &str,
+        generation: u64,
+        expires: i64,
+    ) -> Result<Option<String>, AwsError> {
         let key = self.key("leases", hash.as_str(), target);
         let lease = Lease {
             owner: whoami(),
             build_id: build_id.to_string(),
-            expires: 0,
+            expires,
             generation,
         };
         self.guard()?;
@@ -430,8 +431,7 @@ impl SharedCache {
                 Some(etag),
             )
             .await
-            .map_err(|e| self.tripped(e))?;
-        Ok(())
+            .map_err(|e| self.tripped(e))
     }
 
     /// The current lease, if any.
