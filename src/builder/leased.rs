@@ -54,6 +54,27 @@ impl Builder for LeasedBuilder {
                         return self.build_and_publish(job, cancel, 0, None).await;
                     }
                     Ok(LeaseState::Acquired { etag, generation }) => {
+                        // Someone may have finished this layer between our
+                        // plan and our lease: adopt their image.
+                        if let Ok(Some((record, _))) = self.shared.get(&job.hash, &target).await {
+                            if job.planned_over.as_deref() != Some(record.image.as_str()) {
+                                let _ = self
+                                    .shared
+                                    .release_lease(
+                                        &job.hash,
+                                        &target,
+                                        &job.build_id,
+                                        &etag,
+                                        generation,
+                                    )
+                                    .await;
+                                return Ok(BuiltImage {
+                                    image: record.image,
+                                    snapshots: record.snapshot_ids,
+                                    adopted: true,
+                                });
+                            }
+                        }
                         return self
                             .build_and_publish(job, cancel, generation, Some(etag))
                             .await;

@@ -33,6 +33,9 @@ pub struct LayerJob {
     pub parent_hash: Option<LayerHash>,
     /// Copy this (region, image) instead of building (ec2 multi-region).
     pub copy_from: Option<(String, String)>,
+    /// The cached image the plan saw for this layer (a forced, expired or
+    /// stale rebuild replaces it); None for a miss.
+    pub planned_over: Option<String>,
 }
 
 impl LayerJob {

@@ -92,8 +92,29 @@ pub async fn run(
     let mut state = vec![State::Waiting; n];
     let mut times: Vec<Option<(SystemTime, SystemTime, f64)>> = vec![None; n];
     let mut adopted = vec![false; n];
-    let pos_of = |index: usize| plan.position(index);
-    let parent_pos = |p: usize| project.layers[plan.layers[p].index].parent.and_then(pos_of);
+    // Plan positions of each layer's parent and children, computed once.
+    let pos_by_index: std::collections::HashMap<usize, usize> = plan
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(p, l)| (l.index, p))
+        .collect();
+    let parents: Vec<Option<usize>> = plan
+        .layers
+        .iter()
+        .map(|l| {
+            project.layers[l.index]
+                .parent
+                .and_then(|i| pos_by_index.get(&i).copied())
+        })
+        .collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (p, parent) in parents.iter().enumerate() {
+        if let Some(pp) = parent {
+            children[*pp].push(p);
+        }
+    }
+    let parent_pos = |p: usize| parents[p];
 
     // Reused layers are done from the start.
     let mut touched = Vec::new();
@@ -113,6 +134,11 @@ pub async fn run(
         }
     }
     local.touch(&touched)?;
+    // Layers whose parent image is known: roots and children of reused layers.
+    let mut ready: BTreeSet<usize> = (0..n)
+        .filter(|&p| state[p] == State::Waiting)
+        .filter(|&p| parents[p].is_none_or(|pp| matches!(state[pp], State::Done(_))))
+        .collect();
 
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let mut running: JoinSet<Finished> = JoinSet::new();
@@ -124,16 +150,10 @@ pub async fn run(
     loop {
         // Start what can start.
         if !stop {
-            let ready: BTreeSet<usize> = (0..n)
-                .filter(|&p| state[p] == State::Waiting)
-                .filter(|&p| match parent_pos(p) {
-                    None => true,
-                    Some(pp) => matches!(state[pp], State::Done(_)),
-                })
-                .collect();
-            for p in ready {
-                if running.len() >= opts.jobs.max(1) {
-                    break;
+            while running.len() < opts.jobs.max(1) {
+                let Some(p) = ready.pop_first() else { break };
+                if state[p] != State::Waiting {
+                    continue;
                 }
                 let l = &plan.layers[p];
                 let layer = &project.layers[l.index];
@@ -152,6 +172,7 @@ pub async fn run(
                     parent_image,
                     parent_hash: parent_pos(p).map(|pp| plan.layers[pp].hash.clone()),
                     copy_from: l.copy_from.clone(),
+                    planned_over: l.entry.as_ref().map(|e| e.image.clone()),
                 };
                 reporter.event(&Event::Started {
                     name: layer.name().to_string(),
@@ -246,6 +267,12 @@ pub async fn run(
                     });
                 }
                 state[p] = State::Done(built.image);
+                ready.extend(
+                    children[p]
+                        .iter()
+                        .copied()
+                        .filter(|&c| state[c] == State::Waiting),
+                );
             }
             Err(err) if err.cancelled => {
                 history.result = "cancelled".into();

@@ -19,7 +19,9 @@ pub struct Template {
     pub file: String,
     /// Absolute, canonical path.
     pub path: PathBuf,
-    pub doc: TemplateDoc,
+    /// Boxed: templates move between collections while loading, the
+    /// document stays put.
+    pub doc: Box<TemplateDoc>,
 }
 
 impl Template {
@@ -95,7 +97,7 @@ pub fn parse_template(root: &Path, path: &Path) -> Result<Template, Vec<Diagnost
         name_loc,
         file,
         path: path.to_path_buf(),
-        doc,
+        doc: Box::new(doc),
     };
     let diags = check_template(&template);
     if diags.is_empty() {
