@@ -71,45 +71,41 @@ impl Poller {
             if Arc::strong_count(&self) == 1 {
                 return;
             }
-            let ids: Vec<String> = self
-                .instances
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let ids = Self::watched(&self.instances);
             if !ids.is_empty() {
                 match self.aws.instance_states(&ids).await {
-                    Ok(states) => {
-                        let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-                        for (id, state) in states {
-                            if let Some(tx) = map.get(&id) {
-                                tx.send_replace(Some(state));
-                            }
-                        }
-                    }
+                    Ok(states) => Self::publish(&self.instances, states),
                     Err(e) => tracing::warn!("polling instances: {e}"),
                 }
             }
-            let ids: Vec<String> = self
-                .images
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let ids = Self::watched(&self.images);
             if !ids.is_empty() {
                 match self.aws.describe_images(&ids).await {
                     Ok(images) => {
-                        let map = self.images.lock().unwrap_or_else(|p| p.into_inner());
-                        for image in images {
-                            if let Some(tx) = map.get(&image.id) {
-                                tx.send_replace(Some(image.state));
-                            }
-                        }
+                        Self::publish(&self.images, images.into_iter().map(|i| (i.id, i.state)))
                     }
                     Err(e) => tracing::warn!("polling images: {e}"),
                 }
+            }
+        }
+    }
+
+    fn watched(map: &Mutex<HashMap<String, watch::Sender<Option<String>>>>) -> Vec<String> {
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn publish(
+        map: &Mutex<HashMap<String, watch::Sender<Option<String>>>>,
+        states: impl IntoIterator<Item = (String, String)>,
+    ) {
+        let map = map.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, state) in states {
+            if let Some(tx) = map.get(&id) {
+                tx.send_replace(Some(state));
             }
         }
     }
