@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 /// Layer counts to benchmark (full mode).
 const SIZES: [usize; 2] = [1_000, 10_000];
 /// Timed runs per measurement (full mode); one untimed warm-up run first.
-const RUNS: usize = 5;
+const RUNS: usize = 10;
 /// The seed DAG's critical path: foundation (2 s) then gromacs or namd (1 s).
 const SEED_CRITICAL_PATH: f64 = 3.0;
 
@@ -142,19 +142,31 @@ fn self_exe() -> PathBuf {
     std::env::current_exe().expect("current_exe")
 }
 
+/// User + system CPU time of all waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the zeroed struct we pass it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage failed");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// Runs `cmd` with output discarded; panics unless it succeeds; returns
-/// its whole-process wall time.
-fn time_run(cmd: &mut Command) -> Duration {
+/// its whole-process wall time and CPU (user + system) time.
+fn time_run(cmd: &mut Command) -> (Duration, Duration) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    let cpu_before = children_cpu();
     let start = Instant::now();
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let elapsed = start.elapsed();
+    let cpu = children_cpu().saturating_sub(cpu_before);
     assert!(status.success(), "{cmd:?} failed: {status}");
-    elapsed
+    (elapsed, cpu)
 }
 
 /// Runs `cmd` capturing stderr; panics unless it succeeds; returns stderr.
@@ -174,15 +186,22 @@ fn run_capture(cmd: &mut Command) -> String {
 
 #[derive(Clone, Copy, Debug)]
 struct Stats {
+    /// Wall time.
     median: Duration,
     min: Duration,
+    /// CPU (user + system) time, less sensitive to other load on the machine.
+    cpu_median: Duration,
 }
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
+fn stats(samples: Vec<(Duration, Duration)>) -> Stats {
+    let mut wall: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+    let mut cpu: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    wall.sort();
+    cpu.sort();
     Stats {
-        median: samples[samples.len() / 2],
-        min: samples[0],
+        median: wall[wall.len() / 2],
+        min: wall[0],
+        cpu_median: cpu[cpu.len() / 2],
     }
 }
 
@@ -271,7 +290,7 @@ fn bench_size(layers: usize, runs: usize) -> SizeResult {
     let (repo, cache) = (repo.path(), cache.path());
 
     // Populate a fresh cache (every layer built, instantly).
-    let cold = time_run(&mut build_cmd(repo, cache));
+    let cold = time_run(&mut build_cmd(repo, cache)).0;
     // The null build must really be a null build.
     let stderr = run_capture(&mut build_cmd(repo, cache));
     let summary = stderr.lines().last().unwrap_or_default();
@@ -401,7 +420,20 @@ fn run_benchmark(full: bool) {
         );
     }
     println!();
-    println!("split of the null build (medians): hash = load+merge+hash+print; plan - hash = cache open + lookups + planning; build - plan = executor + cache writes");
+    println!("CPU time (user + system, medians; insensitive to other load on the machine, but counts both parse threads):");
+    for r in &results {
+        println!(
+            "{:>7} layers: floor {:.1} ms, null build {:.1} ms (ratio {:.2}), hash {:.1} ms, plan {:.1} ms",
+            r.layers,
+            ms(r.floor.cpu_median),
+            ms(r.null_build.cpu_median),
+            ms(r.null_build.cpu_median) / ms(r.floor.cpu_median),
+            ms(r.hash.cpu_median),
+            ms(r.plan.cpu_median),
+        );
+    }
+    println!();
+    println!("split of the null build (wall medians): hash = load+merge+hash+print; plan - hash = cache open + lookups + planning; build - plan = executor + cache writes");
     for r in &results {
         let (h, p, b) = (
             ms(r.hash.median),

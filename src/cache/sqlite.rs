@@ -271,19 +271,39 @@ impl LocalCache {
             "SELECT seconds FROM builds WHERE template = ?1 AND target = ?2 AND result = 'built'
              ORDER BY id DESC LIMIT ?3",
         )?;
-        let mut secs: Vec<f64> = stmt
+        let secs: Vec<f64> = stmt
             .query_map(params![template, target, n as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         if secs.is_empty() {
             return Ok(None);
         }
-        secs.sort_by(|a, b| a.total_cmp(b));
-        let mid = secs.len() / 2;
-        Ok(Some(if secs.len() % 2 == 1 {
-            secs[mid]
-        } else {
-            (secs[mid - 1] + secs[mid]) / 2.0
-        }))
+        Ok(Some(median(secs)))
+    }
+
+    /// Estimates for every template with history on `target` (one query):
+    /// the median of each template's last `n` successful builds.
+    pub fn estimates(
+        &self,
+        target: &str,
+        n: usize,
+    ) -> Result<std::collections::HashMap<String, f64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT template, seconds FROM builds WHERE target = ?1 AND result = 'built' ORDER BY id DESC",
+        )?;
+        let mut recent: std::collections::HashMap<String, Vec<f64>> =
+            std::collections::HashMap::new();
+        let rows = stmt.query_map(params![target], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
+        })?;
+        for row in rows {
+            let (template, secs) = row?;
+            let list = recent.entry(template).or_default();
+            if list.len() < n {
+                list.push(secs);
+            }
+        }
+        Ok(recent.into_iter().map(|(t, v)| (t, median(v))).collect())
     }
 
     /// The record of the hash `template` was last built with on `target`.
@@ -564,6 +584,16 @@ impl LayerCache for LocalCache {
     }
 }
 
+fn median(mut secs: Vec<f64>) -> f64 {
+    secs.sort_by(|a, b| a.total_cmp(b));
+    let mid = secs.len() / 2;
+    if secs.len() % 2 == 1 {
+        secs[mid]
+    } else {
+        (secs[mid - 1] + secs[mid]) / 2.0
+    }
+}
+
 fn insert_entry(tx: &rusqlite::Transaction<'_>, e: &CacheEntry) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO layers (hash, target, image, parent_hash, template, created_at, last_used_at, build_seconds, build_id)
@@ -655,5 +685,6 @@ mod tests {
             c.record_build(None, &row, None).unwrap();
         }
         assert_eq!(c.estimate("t", "simulate", 5).unwrap(), Some(20.0));
+        assert_eq!(c.estimates("simulate", 5).unwrap().get("t"), Some(&20.0));
     }
 }

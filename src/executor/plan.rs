@@ -186,6 +186,7 @@ pub fn plan(
             }
         }
     }
+    let estimates = local.estimates(target, ESTIMATE_WINDOW)?;
     let mut out: Vec<PlannedLayer> = Vec::with_capacity(known.len());
     let mut building = vec![false; project.layers.len()];
     for (i, hash, record) in known {
@@ -278,7 +279,7 @@ pub fn plan(
         if action == Action::Build {
             building[i] = true;
         }
-        let estimate_seconds = local.estimate(layer.name(), target, ESTIMATE_WINDOW)?;
+        let estimate_seconds = estimates.get(layer.name()).copied();
         let (entry, tier) = match hit {
             Some((e, t)) => (Some(e), Some(t)),
             None => (None, None),

@@ -327,8 +327,15 @@ pub fn content_hash(path: &Path) -> std::io::Result<(bool, String)> {
 
 fn file_hash(path: &Path) -> std::io::Result<blake3::Hash> {
     let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= 1024 * 1024 {
+        // Scripts and config files: one read, no zeroed buffer per file.
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)?;
+        return Ok(blake3::hash(&bytes));
+    }
     let mut h = blake3::Hasher::new();
-    let mut buf = [0u8; 64 * 1024];
+    let mut buf = vec![0u8; 1024 * 1024];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
