@@ -58,7 +58,7 @@ pub(crate) fn images_by_layer(
         .collect()
 }
 
-fn tag<'a>(img: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {
+pub(crate) fn tag<'a>(img: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {
     img.tags()
         .iter()
         .find(|t| t.key() == Some(key))

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::ec2::{amimake, chain, images_by_layer};
+use crate::ec2::{amimake, chain, images_by_layer, tag};
 use crate::moto::Moto;
 use crate::support::*;
 
@@ -309,13 +309,6 @@ fn regional_image(moto: &Moto, region: &str, id: &str) -> Option<aws_sdk_ec2::ty
         )
         .unwrap();
     out.images().first().cloned()
-}
-
-fn tag<'a>(img: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {
-    img.tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
 }
 
 #[test]
