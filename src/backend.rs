@@ -116,7 +116,7 @@ pub fn offline_root_source(
                 serde_json::to_string(local).expect("local source serializes")
             );
             if let Some(rootfs) = &local.rootfs {
-                let path = layer.template.dir().join(&rootfs.value);
+                let path = layer.dir().join(&rootfs.value);
                 match crate::hash::content_hash(&path) {
                     Ok((_, h)) => identity.push_str(&format!("+rootfs:{h}")),
                     Err(e) => {

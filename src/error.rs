@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// A position in a file of the user's project.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Loc {
     /// Path relative to the project root where possible, `/` separated.
     pub file: String,

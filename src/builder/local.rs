@@ -390,7 +390,7 @@ impl LocalBuilder {
             }
             run(&mut c, "mmdebstrap", log).await
         } else if let Some(tarball) = &local.rootfs {
-            let path = job.layer.template.dir().join(&tarball.value);
+            let path = job.layer.dir().join(&tarball.value);
             std::fs::create_dir_all(rootfs)
                 .map_err(|e| LayerError::failed(format!("{}: {e}", rootfs.display())))?;
             run(

@@ -27,7 +27,7 @@ pub struct LayerJob {
     pub build_id: String,
     pub layer: Layer,
     pub hash: LayerHash,
-    pub record: LayerRecord,
+    pub record: std::sync::Arc<LayerRecord>,
     /// The parent layer's image; for a root, its source image when known.
     pub parent_image: Option<String>,
     pub parent_hash: Option<LayerHash>,

@@ -183,11 +183,10 @@ pub fn run(args: BuildArgs) -> Result<i32> {
                 Some(crate::builder::ec2::Replica {
                     layer: done.name.clone(),
                     hash: l.hash.clone(),
-                    parent_hash: l
-                        .record
-                        .parent_name
-                        .as_ref()
-                        .and(Some(l.record.parent.clone())),
+                    parent_hash: project.layers[l.index]
+                        .parent
+                        .and_then(|p| prepared.hashes[p].hash())
+                        .map(|h| h.to_string()),
                     image: done.image.clone()?,
                     regions,
                 })
@@ -290,7 +289,7 @@ pub(crate) fn layer_regions(
 ) -> Vec<String> {
     let mut out: Vec<String> = project.config.regions.clone();
     for &i in &project.layers[index].chain {
-        out.extend(project.layers[i].template.doc.regions.iter().cloned());
+        out.extend(project.layers[i].regions.iter().cloned());
     }
     out.extend(extra.iter().cloned());
     out.sort();

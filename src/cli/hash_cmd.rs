@@ -1,5 +1,7 @@
 //! `amimake hash`: layer hashes, offline.
 
+use std::io::Write;
+
 use clap::Args;
 use serde::Serialize;
 
@@ -61,11 +63,14 @@ pub fn run(args: HashArgs) -> Result<i32> {
         })?,
         TextOrJson::Text => {
             let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
+            let mut out = super::stdout();
             for l in &layers {
-                match (l.hash, l.unresolved) {
-                    (Some(h), _) => println!("{:width$}  {h}", l.name),
-                    (None, why) => println!("{:width$}  unresolved: {}", l.name, why.unwrap_or("")),
-                }
+                let _ = match (l.hash, l.unresolved) {
+                    (Some(h), _) => writeln!(out, "{:width$}  {h}", l.name),
+                    (None, why) => {
+                        writeln!(out, "{:width$}  unresolved: {}", l.name, why.unwrap_or(""))
+                    }
+                };
             }
         }
     }

@@ -130,7 +130,7 @@ pub fn run(cli: Cli) -> Result<i32> {
 pub(crate) fn load_project() -> Result<Project> {
     let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
     let root = find_root(&cwd)?;
-    Project::load(&root)
+    Project::load_memoized(&root)
 }
 
 pub(crate) fn backend_of(project: &Project, args: &BackendArgs) -> Result<BackendKind> {
@@ -177,6 +177,12 @@ pub(crate) fn offline_hashes(
     Ok(hash_all(project, |layer| {
         crate::backend::offline_root_source(backend, layer, base_ami, &region, recorded.as_ref())
     }))
+}
+
+/// Standard output, buffered: commands that print a line per layer write
+/// once, not once per line. Flushed when dropped.
+pub(crate) fn stdout() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock())
 }
 
 /// Writes JSON to stdout with a trailing newline.

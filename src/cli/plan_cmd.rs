@@ -1,6 +1,7 @@
 //! `amimake plan`: what a build would do, why, and how long it would take.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 
 use clap::Args;
@@ -501,7 +502,8 @@ pub(crate) fn plan_json<'a>(project: &'a Project, plan: &'a Plan) -> PlanJson<'a
 }
 
 pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
-    println!("plan for target {}:", plan.target);
+    let mut out = super::stdout();
+    let _ = writeln!(out, "plan for target {}:", plan.target);
     let width = plan
         .layers
         .iter()
@@ -531,26 +533,29 @@ pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
                         }
                     })
                     .unwrap_or("");
-                println!(
+                let _ = writeln!(
+                    out,
                     "  {label:width$}  reuse  {image} ({tier} cache)  {}",
                     l.hash.short()
                 );
             }
             Action::Copy => {
                 let (region, image) = l.copy_from.clone().unwrap_or_default();
-                println!(
+                let _ = writeln!(
+                    out,
                     "  {label:width$}  COPY   from {image} in {region}  {}",
                     l.hash.short()
                 );
             }
             Action::Build => {
                 let reason = l.reason.map(|r| r.as_str()).unwrap_or("");
-                println!(
+                let _ = writeln!(
+                    out,
                     "  {label:width$}  BUILD  {reason:8} est. {estimate}  {}",
                     l.hash.short()
                 );
                 for c in &l.changes {
-                    println!("  {:width$}         - {c}", "");
+                    let _ = writeln!(out, "  {:width$}         - {c}", "");
                 }
             }
         }
@@ -564,7 +569,8 @@ pub(crate) fn print_plan_text(project: &Project, plan: &Plan) {
         .saved_seconds
         .map(human_seconds)
         .unwrap_or_else(|| "unknown".into());
-    println!(
+    let _ = writeln!(
+        out,
         "{} to build, {} to reuse; estimated build time {est}; reuse saves {saved}",
         t.build, t.reuse
     );

@@ -98,7 +98,11 @@ pub fn run(args: ShowArgs) -> Result<i32> {
     let i = project.find(&args.template)?;
     let layer = &project.layers[i];
     if !args.resolved {
-        emit(&layer.template.doc, args.format)?;
+        // As written: the file itself, parsed again (layers keep only
+        // what building needs).
+        let template = crate::template::load::parse_template(&project.root, &layer.path)
+            .map_err(Error::Invalid)?;
+        emit(&template.doc, args.format)?;
         return Ok(0);
     }
     let backend = super::backend_of(&project, &args.backend)?;
@@ -108,7 +112,7 @@ pub fn run(args: ShowArgs) -> Result<i32> {
         schema_version: 1,
         name: layer.name(),
         file: layer.file(),
-        description: layer.template.doc.description.as_deref(),
+        description: layer.description.as_deref(),
         parent: layer.parent.map(|p| project.layers[p].name()),
         chain: layer
             .chain
@@ -158,7 +162,7 @@ pub fn run(args: ShowArgs) -> Result<i32> {
                 ResolvedStep::Shell(text) => StepView::Shell(text),
             })
             .collect(),
-        rebuild: layer.template.doc.rebuild.as_ref(),
+        rebuild: layer.rebuild.as_ref(),
     };
     emit(&view, args.format)?;
     Ok(0)

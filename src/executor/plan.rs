@@ -21,6 +21,7 @@ use std::fmt;
 use serde::Serialize;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::cache::{CacheEntry, LocalCache, Tier};
 use crate::error::{Error, Result};
@@ -90,7 +91,8 @@ pub struct PlannedLayer {
     /// Index into `Project::layers`.
     pub index: usize,
     pub hash: LayerHash,
-    pub record: LayerRecord,
+    /// What the layer is built from; `None` for reused layers.
+    pub record: Option<Arc<LayerRecord>>,
     pub action: Action,
     pub reason: Option<Reason>,
     pub changes: Vec<Change>,
@@ -100,6 +102,15 @@ pub struct PlannedLayer {
     pub estimate_seconds: Option<f64>,
     /// For `Copy`: the (region, image) to copy from.
     pub copy_from: Option<(String, String)>,
+}
+
+impl PlannedLayer {
+    /// The record of a layer that is built or copied (never `None` then).
+    pub fn built_record(&self) -> Arc<LayerRecord> {
+        self.record
+            .clone()
+            .expect("a plan keeps the record of every layer it does not reuse")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -177,7 +188,7 @@ pub fn plan(
     let mut known = Vec::with_capacity(considered.len());
     for &i in &considered {
         match &hashes[i] {
-            HashState::Known(h, r) => known.push((i, h.clone(), (**r).clone())),
+            HashState::Known(h, parent) => known.push((i, h.clone(), parent)),
             HashState::Unresolved(why) => {
                 return Err(Error::Usage(format!(
                     "cannot plan `{}`: {why}",
@@ -189,8 +200,10 @@ pub fn plan(
     let estimates = local.estimates(target, ESTIMATE_WINDOW)?;
     let mut out: Vec<PlannedLayer> = Vec::with_capacity(known.len());
     let mut building = vec![false; project.layers.len()];
-    for (i, hash, record) in known {
+    for (i, hash, parent) in known {
         let layer = &project.layers[i];
+        let mut record: Option<Arc<LayerRecord>> = None;
+        let record_of = || Arc::new(crate::hash::layer_record(project, i, parent));
         let hit = hits.get(&hash).cloned();
         let parent_rebuilt = layer.parent.filter(|&p| building[p]);
         let parent_note = |changes: &mut Vec<Change>| {
@@ -226,17 +239,14 @@ pub fn plan(
         } else {
             let reason = match local.last_built(layer.name(), target)? {
                 Some((old_hash, Some(old))) if old_hash != hash => {
-                    changes = diff(&old, &record);
+                    let record = record.get_or_insert_with(record_of);
+                    changes = diff(&old, record);
                     // Effective build settings and variables inherited
                     // unchanged-in-this-file are the parent's change.
                     if layer.parent.is_some() {
                         changes.retain(|c| match c {
-                            Change::Variable { key, .. } => {
-                                layer.template.doc.variables.contains_key(key)
-                            }
-                            Change::Build { key, .. } => {
-                                own_build_key(&layer.template.doc.build, key)
-                            }
+                            Change::Variable { key, .. } => layer.own_variables.contains(key),
+                            Change::Build { key, .. } => own_build_key(&layer.own_build, key),
                             _ => true,
                         });
                         if !changes
@@ -278,6 +288,9 @@ pub fn plan(
         };
         if action == Action::Build {
             building[i] = true;
+        }
+        if action != Action::Reuse {
+            record.get_or_insert_with(record_of);
         }
         let estimate_seconds = estimates.get(layer.name()).copied();
         let (entry, tier) = match hit {

@@ -168,7 +168,7 @@ pub async fn run(
                     build_id: opts.build_id.clone(),
                     layer: layer.clone(),
                     hash: l.hash.clone(),
-                    record: l.record.clone(),
+                    record: l.built_record(),
                     parent_image,
                     parent_hash: parent_pos(p).map(|pp| plan.layers[pp].hash.clone()),
                     copy_from: l.copy_from.clone(),
@@ -252,7 +252,7 @@ pub async fn run(
                     build_seconds: Some(seconds),
                     build_id: Some(opts.build_id.clone()),
                 };
-                local.record_build(Some(&entry), &history, Some(&l.record))?;
+                local.record_build(Some(&entry), &history, Some(&l.built_record()))?;
                 if built.adopted {
                     adopted[p] = true;
                     reporter.event(&Event::Reused {

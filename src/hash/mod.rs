@@ -139,14 +139,38 @@ pub struct LayerRecord {
 
 impl LayerRecord {
     pub fn hash(&self) -> LayerHash {
-        let mut h = blake3::Hasher::new();
-        h.update(b"amimake-layer\0");
-        h.update(&HASH_SCHEMA_VERSION.to_le_bytes());
-        let json = serde_json::to_vec(&self.inputs).expect("inputs serialize");
-        h.update(&json);
-        h.update(b"\0");
-        h.update(self.parent.as_bytes());
-        LayerHash(h.finalize().to_hex().to_string())
+        layer_hash(&canonical_json(&self.inputs), &self.parent)
+    }
+}
+
+/// `canonical_json(inputs)` of the module table.
+pub fn canonical_json(inputs: &LayerInputs) -> String {
+    serde_json::to_string(inputs).expect("inputs serialize")
+}
+
+/// The hash of a layer whose inputs encode as `inputs_json` and whose
+/// parent component is `parent`.
+fn layer_hash(inputs_json: &str, parent: &str) -> LayerHash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"amimake-layer\0");
+    h.update(&HASH_SCHEMA_VERSION.to_le_bytes());
+    h.update(inputs_json.as_bytes());
+    h.update(b"\0");
+    h.update(parent.as_bytes());
+    LayerHash(h.finalize().to_hex().to_string())
+}
+
+/// Layer `index`'s full record, given its parent component (from
+/// [`HashState::Known`]). Built only for layers that are built or
+/// explained; a reused layer needs just its hash.
+pub fn layer_record(project: &Project, index: usize, parent: &str) -> LayerRecord {
+    let layer = &project.layers[index];
+    let (inputs, labels) = layer_inputs(layer);
+    LayerRecord {
+        inputs,
+        labels,
+        parent: parent.to_string(),
+        parent_name: layer.parent.map(|p| project.layers[p].name().to_string()),
     }
 }
 
@@ -228,7 +252,9 @@ pub enum RootSource {
 /// A layer's hash, or why it has none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashState {
-    Known(LayerHash, Box<LayerRecord>),
+    /// The hash and its parent component: the parent layer's hash, or the
+    /// root's source identity ([`layer_record`] builds the full record).
+    Known(LayerHash, String),
     Unresolved(String),
 }
 
@@ -236,12 +262,6 @@ impl HashState {
     pub fn hash(&self) -> Option<&LayerHash> {
         match self {
             HashState::Known(h, _) => Some(h),
-            HashState::Unresolved(_) => None,
-        }
-    }
-    pub fn record(&self) -> Option<&LayerRecord> {
-        match self {
-            HashState::Known(_, r) => Some(r),
             HashState::Unresolved(_) => None,
         }
     }
@@ -266,16 +286,7 @@ pub fn hash_all(project: &Project, root_source: impl Fn(&Layer) -> RootSource) -
             },
         };
         out.push(match parent {
-            Ok(parent) => {
-                let (inputs, labels) = layer_inputs(layer);
-                let record = LayerRecord {
-                    inputs,
-                    labels,
-                    parent,
-                    parent_name: layer.parent.map(|p| project.layers[p].name().to_string()),
-                };
-                HashState::Known(record.hash(), Box::new(record))
-            }
+            Ok(parent) => HashState::Known(layer_hash(&layer.inputs_json, &parent), parent),
             Err(why) => HashState::Unresolved(why),
         });
     }

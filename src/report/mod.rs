@@ -75,7 +75,7 @@ pub fn reporter_for_stderr() -> Box<dyn Reporter> {
     if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
         Box::new(TerminalReporter::new())
     } else {
-        Box::new(PlainReporter)
+        Box::<PlainReporter>::default()
     }
 }
 
@@ -90,10 +90,28 @@ fn failure_lines(name: &str, message: &str, log_tail: &[String]) -> String {
     s
 }
 
-/// One timestamped line per event, for logs and CI.
-pub struct PlainReporter;
+/// One timestamped line per event, for logs and CI. `reused` lines (a
+/// burst of them when a plan starts) are written together with the next
+/// other event, in one write.
+#[derive(Default)]
+pub struct PlainReporter {
+    pending: String,
+}
+
+impl Drop for PlainReporter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
 
 impl Reporter for PlainReporter {
+    fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = std::io::stderr().lock().write_all(self.pending.as_bytes());
+            self.pending.clear();
+        }
+    }
+
     fn event(&mut self, event: &Event) {
         let ts = humantime::format_rfc3339_seconds(SystemTime::now());
         let line = match event {
@@ -121,8 +139,10 @@ impl Reporter for PlainReporter {
                 "interrupted: stopping running layers and cleaning up".to_string()
             }
         };
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "[{ts}] {line}");
+        self.pending.push_str(&format!("[{ts}] {line}\n"));
+        if !matches!(event, Event::Reused { .. }) {
+            self.finish();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::template::model::{Source, TemplateDoc};
 use crate::yaml::read_yaml_file;
 
 /// A parsed template file, not yet linked to its parent.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Template {
     pub name: String,
     /// Where the name was given (`name:`) or the file start.
@@ -43,8 +43,13 @@ pub fn display_path(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-/// All template files below `dir`, sorted by path.
-pub fn discover(root: &Path, dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+/// All template files below `dir`, sorted by path; every directory walked
+/// is appended to `dirs`.
+pub fn discover(
+    root: &Path,
+    dir: &Path,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, Diagnostic> {
     if !dir.is_dir() {
         return Err(Diagnostic::new(
             Loc::file_start(crate::config::CONFIG_FILE),
@@ -72,7 +77,9 @@ pub fn discover(root: &Path, dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
             .path()
             .extension()
             .is_some_and(|ext| ext == "yaml" || ext == "yml");
-        if entry.file_type().is_file() && is_yaml {
+        if entry.file_type().is_dir() {
+            dirs.push(entry.into_path());
+        } else if entry.file_type().is_file() && is_yaml {
             files.push(entry.into_path());
         }
     }

@@ -4,6 +4,7 @@
 //! ([`resolve`]).
 
 pub mod load;
+pub mod memo;
 pub mod model;
 pub mod packages;
 pub mod resolve;

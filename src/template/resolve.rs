@@ -11,23 +11,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config};
 use crate::error::{Diagnostic, Error, Loc, Result};
 use crate::template::load::{discover, display_path, parse_duration, parse_template, Template};
-use crate::template::model::{BuildSettings, Source};
+use crate::template::memo::{self, Memo};
+use crate::template::model::{BuildSettings, RebuildPolicy, Source};
 use crate::template::packages::Manager;
 
 /// A package in a layer's accumulated software, with the layer it came from.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Package {
     pub spec: String,
     pub from: String,
 }
 
 /// A `files:` entry with its source resolved and hashed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResolvedFile {
     /// Source path relative to the project root.
     pub src: String,
@@ -40,7 +41,7 @@ pub struct ResolvedFile {
     pub content_hash: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ResolvedStep {
     Script {
         /// Script path relative to the project root.
@@ -51,10 +52,27 @@ pub enum ResolvedStep {
     Shell(String),
 }
 
-/// One template, linked and merged: a layer of the DAG.
-#[derive(Clone, Debug)]
+/// One template, linked and merged: a layer of the DAG. Plain data: the
+/// parsed document (with its source locations) is dropped after linking,
+/// and `show` re-reads the file when it needs the template as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Layer {
-    pub template: Template,
+    pub name: String,
+    /// Path relative to the project root, `/` separated.
+    pub file: String,
+    /// Absolute, canonical path of the template file.
+    pub path: PathBuf,
+    pub description: Option<String>,
+    /// The base image (roots only).
+    pub source: Option<Source>,
+    /// Regions to copy the image to after a build.
+    pub regions: Vec<String>,
+    pub rebuild: Option<RebuildPolicy>,
+    /// Variables this template sets itself, so `explain` can tell its own
+    /// changes from inherited ones.
+    pub own_variables: Vec<String>,
+    /// The `build:` block as written in this template.
+    pub own_build: BuildSettings,
     pub parent: Option<usize>,
     pub children: Vec<usize>,
     /// Indices from the root to this layer, inclusive.
@@ -70,17 +88,24 @@ pub struct Layer {
     pub steps: Vec<ResolvedStep>,
     pub max_age: Option<Duration>,
     pub timeout: Option<Duration>,
+    /// The canonical JSON of this layer's hashed inputs
+    /// ([`crate::hash::canonical_json`]), computed once when linking.
+    pub inputs_json: String,
 }
 
 impl Layer {
     pub fn name(&self) -> &str {
-        &self.template.name
+        &self.name
     }
     pub fn file(&self) -> &str {
-        &self.template.file
+        &self.file
     }
     pub fn source(&self) -> Option<&Source> {
-        self.template.doc.source.as_ref().map(|s| &s.value)
+        self.source.as_ref()
+    }
+    /// The directory holding the template file (paths in it are relative to it).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
     }
 }
 
@@ -98,10 +123,31 @@ impl Project {
     /// Loads and checks every template under `root`. All problems found are
     /// returned together as [`Error::Invalid`].
     pub fn load(root: &Path) -> Result<Project> {
+        Project::load_with_memo(root, false)
+    }
+
+    /// [`Project::load`] through the load memo in the local cache directory
+    /// (see [`crate::template::memo`]), which `AMIMAKE_LOAD_MEMO=off`
+    /// turns off.
+    pub fn load_memoized(root: &Path) -> Result<Project> {
+        Project::load_with_memo(root, !memo::disabled())
+    }
+
+    fn load_with_memo(root: &Path, use_memo: bool) -> Result<Project> {
         let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
         let config = config::load_config(&root).map_err(|d| Error::Invalid(vec![d]))?;
+        let memo = use_memo.then(|| {
+            let cache = crate::cache::sqlite::cache_dir(config.cache.dir.as_deref(), &root);
+            Memo::new(&cache.join("memo"), &root)
+        });
+        if let Some(layers) = memo.as_ref().and_then(Memo::load) {
+            tracing::debug!("{} layers loaded from the load memo", layers.len());
+            return Ok(Project::from_layers(root, config, layers));
+        }
         let dir = root.join(config.templates_dir());
-        let paths = discover(&root, &dir).map_err(|d| Error::Invalid(vec![d]))?;
+        let mut reads = vec![root.join(config::CONFIG_FILE)];
+        let paths = discover(&root, &dir, &mut reads).map_err(|d| Error::Invalid(vec![d]))?;
+        reads.extend(paths.iter().cloned());
         let mut diags = Vec::new();
         let mut templates = Vec::new();
         for parsed in parse_all(&root, &paths) {
@@ -110,11 +156,27 @@ impl Project {
                 Err(mut d) => diags.append(&mut d),
             }
         }
-        let project = link(root, config, templates, &mut diags);
-        if diags.is_empty() {
-            Ok(project)
-        } else {
-            Err(Error::Invalid(diags))
+        let project = link(root, config, templates, &mut diags, &mut reads);
+        if !diags.is_empty() {
+            return Err(Error::Invalid(diags));
+        }
+        if let Some(memo) = memo {
+            memo.save(&reads, &project.layers);
+        }
+        Ok(project)
+    }
+
+    fn from_layers(root: PathBuf, config: Config, layers: Vec<Layer>) -> Project {
+        let by_name = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.clone(), i))
+            .collect();
+        Project {
+            root,
+            config,
+            layers,
+            by_name,
         }
     }
 
@@ -218,11 +280,14 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Links and merges `templates`; every path read (scripts, files, a root's
+/// tarball) is appended to `reads`.
 fn link(
     root: PathBuf,
     config: Config,
     templates: Vec<Template>,
     diags: &mut Vec<Diagnostic>,
+    reads: &mut Vec<PathBuf>,
 ) -> Project {
     // Names must be unique.
     let mut by_name: HashMap<String, usize> = HashMap::new();
@@ -419,6 +484,8 @@ fn link(
     }
     let mut templates: Vec<Option<Template>> = templates.into_iter().map(Some).collect();
     let mut layers: Vec<Layer> = Vec::with_capacity(order.len());
+    // The documents of `layers`, for locating an ancestor's package spec.
+    let mut placed: Vec<Template> = Vec::with_capacity(order.len());
     let canonical_root = root.clone();
     // `builder:` defaults in amimake.yaml apply under every root (and so
     // are hashed like the template's own settings).
@@ -430,33 +497,34 @@ fn link(
     for &old in &order {
         let t = templates[old].take().expect("each template is placed once");
         let parent_new = parent[old].map(|p| new_index[p]);
-        let layer = merge_layer(&canonical_root, &defaults, t, parent_new, &layers, diags);
+        let mut layer = merge_layer(
+            &canonical_root,
+            &defaults,
+            &t,
+            parent_new,
+            (&layers, &placed),
+            diags,
+            reads,
+        );
+        layer.inputs_json = crate::hash::canonical_json(&crate::hash::layer_inputs(&layer).0);
         if let Some(p) = parent_new {
             let idx = layers.len();
             layers[p].children.push(idx);
         }
         layers.push(layer);
+        placed.push(t);
     }
-    let by_name = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.template.name.clone(), i))
-        .collect();
-    Project {
-        root,
-        config,
-        layers,
-        by_name,
-    }
+    Project::from_layers(root, config, layers)
 }
 
 fn merge_layer(
     root: &Path,
     defaults: &BuildSettings,
-    t: Template,
+    t: &Template,
     parent: Option<usize>,
-    layers: &[Layer],
+    (layers, placed): (&[Layer], &[Template]),
     diags: &mut Vec<Diagnostic>,
+    reads: &mut Vec<PathBuf>,
 ) -> Layer {
     let parent_layer = parent.map(|p| &layers[p]);
     let mut chain = parent_layer.map(|p| p.chain.clone()).unwrap_or_default();
@@ -490,7 +558,7 @@ fn merge_layer(
                 });
                 if let Some(other) = clash {
                     let where_other =
-                        package_location(layers, &t, &other.from, manager, &other.spec);
+                        package_location(placed, t, &other.from, manager, &other.spec);
                     diags.push(
                         Diagnostic::new(
                             t.loc(&spec.referenced),
@@ -516,7 +584,7 @@ fn merge_layer(
 
     let mut files = Vec::new();
     for f in &doc.files {
-        if let Some((path, is_dir, content_hash)) = resolve_input(root, &t, &f.src, diags) {
+        if let Some((path, is_dir, content_hash)) = resolve_input(root, t, &f.src, diags, reads) {
             files.push(ResolvedFile {
                 src: display_path(root, &path),
                 src_path: path,
@@ -536,7 +604,8 @@ fn merge_layer(
     let mut steps = Vec::new();
     for s in &doc.provision {
         if let Some(script) = &s.script {
-            if let Some((path, is_dir, content_hash)) = resolve_input(root, &t, script, diags) {
+            if let Some((path, is_dir, content_hash)) = resolve_input(root, t, script, diags, reads)
+            {
                 if is_dir {
                     diags.push(Diagnostic::new(
                         t.loc(&script.referenced),
@@ -574,11 +643,19 @@ fn merge_layer(
             .and_then(|l| l.rootfs.as_ref())
         {
             // Checked here so a missing tarball is reported by `validate`.
-            resolve_input(root, &t, rootfs, diags);
+            resolve_input(root, t, rootfs, diags, reads);
         }
     }
     Layer {
-        template: t,
+        name: t.name.clone(),
+        file: t.file.clone(),
+        path: t.path.clone(),
+        description: doc.description.clone(),
+        source: doc.source.as_ref().map(|s| s.value.clone()),
+        regions: doc.regions.clone(),
+        rebuild: doc.rebuild.clone(),
+        own_variables: doc.variables.keys().cloned().collect(),
+        own_build: doc.build.clone(),
         parent,
         children: Vec::new(),
         chain,
@@ -591,20 +668,20 @@ fn merge_layer(
         steps,
         max_age,
         timeout,
+        inputs_json: String::new(),
     }
 }
 
 /// Where `spec` was written in the template named `from` (an ancestor).
 fn package_location(
-    layers: &[Layer],
+    placed: &[Template],
     current: &Template,
     from: &str,
     manager: Manager,
     spec: &str,
 ) -> Loc {
-    let t = layers
+    let t = placed
         .iter()
-        .map(|l| &l.template)
         .chain(std::iter::once(current))
         .find(|t| t.name == from);
     let Some(t) = t else {
@@ -621,12 +698,14 @@ fn package_location(
         .unwrap_or_else(|| Loc::file_start(&t.file))
 }
 
-/// Resolves a path written in template `t` and hashes its content.
-pub fn resolve_input(
+/// Resolves a path written in template `t` and hashes its content; the
+/// path as written (before links are resolved) is appended to `reads`.
+fn resolve_input(
     root: &Path,
     t: &Template,
     written: &serde_saphyr::Spanned<String>,
     diags: &mut Vec<Diagnostic>,
+    reads: &mut Vec<PathBuf>,
 ) -> Option<(PathBuf, bool, String)> {
     let loc = t.loc(&written.referenced);
     let rel = written.value.trim();
@@ -645,6 +724,7 @@ pub fn resolve_input(
         ));
         return None;
     }
+    reads.push(joined.clone());
     let canonical = match joined.canonicalize() {
         Ok(p) => p,
         Err(_) => {

@@ -9,5 +9,6 @@ mod ec2;
 mod hashing;
 mod lifecycle;
 mod local;
+mod memo;
 mod shared;
 mod templates;

@@ -1,0 +1,300 @@
+//! The load memo: a loaded [`Project`]'s layers saved beside the identity
+//! of every file and directory they were read from, so that loading an
+//! unchanged repository is a few thousand `stat` calls instead of parsing
+//! every template and hashing every script (cargo's fingerprints, git's
+//! index, Bazel's digest cache work the same way).
+//!
+//! An input's identity is its device, inode, size, mode, mtime and ctime.
+//! Any write changes mtime and ctime, replacing a file changes its inode,
+//! and adding, removing or renaming an entry changes its directory's
+//! mtime, so a memo whose inputs all match describes the files as they are
+//! now. `ctime` cannot be set from user space, so `touch -d` or an mtime
+//! restored by a tool still invalidates.
+//!
+//! One hazard remains: a file written twice within one timestamp tick,
+//! the first time just before amimake read it. As git does with "racily
+//! clean" entries, a memo is not saved while any input was modified less
+//! than [`RACY_MARGIN`] (2 s on filesystems with whole-second timestamps)
+//! before loading began; the next load saves it. `AMIMAKE_LOAD_MEMO=off`
+//! turns the memo off, e.g. on a network filesystem whose clock is skewed.
+//!
+//! The memo lives at `<cache dir>/memo/<blake3 of the project root>`: a
+//! header (format, the amimake executable's identity, the inputs), then the
+//! layers, both MessagePack with named fields. Anything unreadable, from another
+//! amimake binary, or stale is ignored and replaced: the memo is only ever
+//! a shortcut to what loading would compute.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::template::resolve::Layer;
+
+/// Bump when the memo's layout or the meaning of a loaded [`Layer`] changes
+/// within one amimake version.
+const MEMO_FORMAT: u32 = 1;
+
+/// Inputs modified this close to the start of loading keep a memo from
+/// being saved (timestamps come from a coarse clock).
+pub const RACY_MARGIN: Duration = Duration::from_millis(100);
+/// The margin on filesystems whose timestamps have whole seconds.
+const COARSE_RACY_MARGIN: Duration = Duration::from_secs(2);
+
+/// What identifies one version of a file or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Fingerprint {
+    #[cfg(unix)]
+    fn from_stat(st: &rustix::fs::Stat) -> Fingerprint {
+        // Field widths differ between platforms; all fit these types.
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Fingerprint {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mode: st.st_mode as u32,
+            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+        }
+    }
+
+    /// `follow`: through symlinks (`stat`) or of the link itself (`lstat`).
+    #[cfg(unix)]
+    fn of(path: &Path, follow: bool) -> Option<Fingerprint> {
+        let st = if follow {
+            rustix::fs::stat(path)
+        } else {
+            rustix::fs::lstat(path)
+        };
+        st.ok().map(|st| Fingerprint::from_stat(&st))
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Path, _: bool) -> Option<Fingerprint> {
+        None
+    }
+
+    fn is_dir(&self) -> bool {
+        self.mode & 0o170000 == 0o040000
+    }
+
+    /// Modified too recently (relative to `start_ns`) to be trusted.
+    fn racy(&self, start_ns: i64) -> bool {
+        let whole_seconds =
+            self.mtime_ns % 1_000_000_000 == 0 || self.ctime_ns % 1_000_000_000 == 0;
+        let margin = if whole_seconds {
+            COARSE_RACY_MARGIN
+        } else {
+            RACY_MARGIN
+        };
+        self.mtime_ns.max(self.ctime_ns) >= start_ns - margin.as_nanos() as i64
+    }
+}
+
+/// A file or directory read while loading, by name within its directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Entry {
+    name: String,
+    /// `stat` (true) or `lstat` (entries inside a directory input, where
+    /// links are content).
+    follow: bool,
+    print: Fingerprint,
+}
+
+/// The inputs in one directory: checked with one open directory and a
+/// `stat` relative to it per entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DirInputs {
+    dir: PathBuf,
+    entries: Vec<Entry>,
+}
+
+impl DirInputs {
+    #[cfg(unix)]
+    fn unchanged(&self) -> bool {
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(dir) = rustix::fs::open(&self.dir, flags, Mode::empty()) else {
+            return false;
+        };
+        self.entries.iter().all(|e| {
+            let at = if e.follow {
+                AtFlags::empty()
+            } else {
+                AtFlags::SYMLINK_NOFOLLOW
+            };
+            rustix::fs::statat(&dir, e.name.as_str(), at)
+                .is_ok_and(|st| Fingerprint::from_stat(&st) == e.print)
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn unchanged(&self) -> bool {
+        false
+    }
+}
+
+/// Written compactly (MessagePack arrays): it is read on every load.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    version: String,
+    /// The running executable: another build of amimake may load differently.
+    exe: Option<Fingerprint>,
+    root: PathBuf,
+    inputs: Vec<DirInputs>,
+}
+
+/// Where a project's memo lives, and when loading began.
+pub struct Memo {
+    file: PathBuf,
+    root: PathBuf,
+    /// Nanoseconds since the epoch when loading began.
+    start_ns: i64,
+}
+
+/// Whether the memo is turned off by `AMIMAKE_LOAD_MEMO=off` (or `0`).
+pub fn disabled() -> bool {
+    std::env::var("AMIMAKE_LOAD_MEMO").is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false"))
+}
+
+impl Memo {
+    /// The memo of the project at (canonical) `root`, kept under `dir`.
+    pub fn new(dir: &Path, root: &Path) -> Memo {
+        let key = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+        Memo {
+            file: dir.join(&key[..32]),
+            root: root.to_path_buf(),
+            start_ns: now_ns(),
+        }
+    }
+
+    /// The saved layers, if every input is exactly as it was when saved.
+    /// The layers are decoded on a second thread while the inputs are
+    /// checked.
+    pub fn load(&self) -> Option<Vec<Layer>> {
+        let bytes = std::fs::read(&self.file).ok()?;
+        let (len, rest) = bytes.split_first_chunk::<8>()?;
+        let (header, layers) = rest.split_at_checked(u64::from_le_bytes(*len) as usize)?;
+        let header: Header = rmp_serde::from_slice(header).ok()?;
+        if header.format != MEMO_FORMAT
+            || header.version != env!("CARGO_PKG_VERSION")
+            || header.root != self.root
+            || header.exe.is_none()
+            || header.exe != exe_fingerprint()
+        {
+            return None;
+        }
+        let (unchanged, decoded) = std::thread::scope(|s| {
+            let decoding = s.spawn(|| rmp_serde::from_slice::<Vec<Layer>>(layers));
+            let unchanged = header.inputs.iter().all(DirInputs::unchanged);
+            (unchanged, decoding.join())
+        });
+        match decoded {
+            Ok(Ok(layers)) if unchanged => Some(layers),
+            Ok(Err(e)) => {
+                tracing::debug!("ignoring unreadable load memo {}: {e}", self.file.display());
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Saves `layers`, loaded from `reads` (files and directories, followed
+    /// through links). Directory inputs are fingerprinted with everything
+    /// inside them. Not saved (and any old memo removed) while an input is
+    /// racy; failures only cost the next load its shortcut.
+    pub fn save(&self, reads: &[PathBuf], layers: &[Layer]) {
+        let Some(inputs) = self.fingerprint(reads) else {
+            tracing::debug!("load memo not saved: inputs changed moments ago");
+            let _ = std::fs::remove_file(&self.file);
+            return;
+        };
+        let header = Header {
+            format: MEMO_FORMAT,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            exe: exe_fingerprint(),
+            root: self.root.clone(),
+            inputs,
+        };
+        if let Err(e) = self.write(&header, layers) {
+            tracing::debug!("load memo not saved to {}: {e}", self.file.display());
+        }
+    }
+
+    /// Fingerprints of `reads` (and what is inside directories among
+    /// them), grouped by directory; `None` if one is racy or unreadable.
+    fn fingerprint(&self, reads: &[PathBuf]) -> Option<Vec<DirInputs>> {
+        let mut found: Vec<(PathBuf, bool)> = Vec::with_capacity(reads.len());
+        for path in reads {
+            found.push((path.clone(), true));
+            if Fingerprint::of(path, true)?.is_dir() {
+                for entry in walkdir::WalkDir::new(path).min_depth(1) {
+                    found.push((entry.ok()?.into_path(), false));
+                }
+            }
+        }
+        // By directory, so each directory is one group.
+        found.sort_by(|a, b| (a.0.parent(), &a.0).cmp(&(b.0.parent(), &b.0)));
+        found.dedup_by(|a, b| a.0 == b.0);
+        let mut inputs: Vec<DirInputs> = Vec::new();
+        for (path, follow) in found {
+            let print = Fingerprint::of(&path, follow)?;
+            if print.racy(self.start_ns) {
+                return None;
+            }
+            let dir = path.parent()?.to_path_buf();
+            let entry = Entry {
+                name: path.file_name()?.to_str()?.to_string(),
+                follow,
+                print,
+            };
+            match inputs.last_mut() {
+                Some(last) if last.dir == dir => last.entries.push(entry),
+                _ => inputs.push(DirInputs {
+                    dir,
+                    entries: vec![entry],
+                }),
+            }
+        }
+        Some(inputs)
+    }
+
+    /// `[header length: u64 LE][header][layers]`: MessagePack, the header
+    /// compact, the layers with named fields (their types skip empty
+    /// fields when serialized).
+    fn write(&self, header: &Header, layers: &[Layer]) -> std::io::Result<()> {
+        use std::io::Write;
+        let encode = |e: rmp_serde::encode::Error| std::io::Error::other(e);
+        let header = rmp_serde::to_vec(header).map_err(encode)?;
+        let layers = rmp_serde::to_vec_named(layers).map_err(encode)?;
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(&(header.len() as u64).to_le_bytes())?;
+        tmp.write_all(&header)?;
+        tmp.write_all(&layers)?;
+        tmp.persist(&self.file).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn exe_fingerprint() -> Option<Fingerprint> {
+    Fingerprint::of(&std::env::current_exe().ok()?, true)
+}
