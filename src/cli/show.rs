@@ -108,6 +108,7 @@ pub fn run(args: ShowArgs) -> Result<i32> {
     let backend = super::backend_of(&project, &args.backend)?;
     let hashes = super::offline_hashes(&project, backend, args.backend.base_ami.as_deref())?;
     let root = &project.layers[layer.chain[0]];
+    let software = project.software(i);
     let view = Resolved {
         schema_version: 1,
         name: layer.name(),
@@ -131,11 +132,7 @@ pub fn run(args: ShowArgs) -> Result<i32> {
         build: &layer.build,
         variables: &layer.variables,
         tags: &layer.tags,
-        software: layer
-            .software
-            .iter()
-            .map(|(m, l)| (m.as_str(), l))
-            .collect(),
+        software: software.iter().map(|(m, l)| (m.as_str(), l)).collect(),
         own_software: layer
             .own_software
             .iter()
@@ -162,7 +159,7 @@ pub fn run(args: ShowArgs) -> Result<i32> {
                 ResolvedStep::Shell(text) => StepView::Shell(text),
             })
             .collect(),
-        rebuild: layer.rebuild.as_ref(),
+        rebuild: layer.rebuild.as_deref(),
     };
     emit(&view, args.format)?;
     Ok(0)

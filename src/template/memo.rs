@@ -179,8 +179,6 @@ impl Memo {
     }
 
     /// The saved layers, if every input is exactly as it was when saved.
-    /// The layers are decoded on a second thread while the inputs are
-    /// checked.
     pub fn load(&self) -> Option<Vec<Layer>> {
         let bytes = std::fs::read(&self.file).ok()?;
         let (len, rest) = bytes.split_first_chunk::<8>()?;
@@ -194,18 +192,20 @@ impl Memo {
         {
             return None;
         }
+        // Inputs are checked on a second thread while this one decodes
+        // (into its own allocator arena, where the project then lives).
         let (unchanged, decoded) = std::thread::scope(|s| {
-            let decoding = s.spawn(|| rmp_serde::from_slice::<Vec<Layer>>(layers));
-            let unchanged = header.inputs.iter().all(DirInputs::unchanged);
-            (unchanged, decoding.join())
+            let checking = s.spawn(|| header.inputs.iter().all(DirInputs::unchanged));
+            let decoded = decode_layers(layers);
+            (checking.join().unwrap_or(false), decoded)
         });
         match decoded {
-            Ok(Ok(layers)) if unchanged => Some(layers),
-            Ok(Err(e)) => {
+            Ok(layers) if unchanged => Some(layers),
+            Err(e) => {
                 tracing::debug!("ignoring unreadable load memo {}: {e}", self.file.display());
                 None
             }
-            _ => None,
+            Ok(_) => None,
         }
     }
 
@@ -286,6 +286,29 @@ impl Memo {
         tmp.persist(&self.file).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// The layers, into a vector of exactly their number (serde's own `Vec`
+/// grows by doubling from a cautious guess: up to twice the memory).
+fn decode_layers(bytes: &[u8]) -> Result<Vec<Layer>, rmp_serde::decode::Error> {
+    struct Exact;
+    impl<'de> serde::de::Visitor<'de> for Exact {
+        type Value = Vec<Layer>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a sequence of layers")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Layer>, A::Error> {
+            let mut layers = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 24));
+            while let Some(layer) = seq.next_element()? {
+                layers.push(layer);
+            }
+            Ok(layers)
+        }
+    }
+    serde::Deserializer::deserialize_seq(&mut rmp_serde::Deserializer::from_read_ref(bytes), Exact)
 }
 
 fn now_ns() -> i64 {

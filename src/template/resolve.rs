@@ -64,24 +64,24 @@ pub struct Layer {
     pub path: PathBuf,
     pub description: Option<String>,
     /// The base image (roots only).
-    pub source: Option<Source>,
+    pub source: Option<Box<Source>>,
     /// Regions to copy the image to after a build.
     pub regions: Vec<String>,
-    pub rebuild: Option<RebuildPolicy>,
+    pub rebuild: Option<Box<RebuildPolicy>>,
     /// Variables this template sets itself, so `explain` can tell its own
     /// changes from inherited ones.
     pub own_variables: Vec<String>,
     /// The `build:` block as written in this template.
-    pub own_build: BuildSettings,
+    pub own_build: Box<BuildSettings>,
     pub parent: Option<usize>,
     pub children: Vec<usize>,
     /// Indices from the root to this layer, inclusive.
     pub chain: Vec<usize>,
-    pub build: BuildSettings,
+    /// Effective settings (boxed, like the other large, rarely used parts:
+    /// a layer stays small in memory).
+    pub build: Box<BuildSettings>,
     pub variables: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
-    /// Accumulated lists along the chain, per manager.
-    pub software: BTreeMap<Manager, Vec<Package>>,
     /// What this layer itself installs: its entries not already in an ancestor.
     pub own_software: BTreeMap<Manager, Vec<String>>,
     pub files: Vec<ResolvedFile>,
@@ -101,7 +101,7 @@ impl Layer {
         &self.file
     }
     pub fn source(&self) -> Option<&Source> {
-        self.source.as_ref()
+        self.source.as_deref()
     }
     /// The directory holding the template file (paths in it are relative to it).
     pub fn dir(&self) -> &Path {
@@ -219,6 +219,11 @@ impl Project {
             }
         }
         (0..self.layers.len()).filter(|&i| keep[i]).collect()
+    }
+
+    /// Layer `index`'s software accumulated along its chain, per manager.
+    pub fn software(&self, index: usize) -> BTreeMap<Manager, Vec<Package>> {
+        accumulated_software(&self.layers, &self.layers[index].chain)
     }
 
     /// `target` and everything below it, topologically sorted.
@@ -541,7 +546,9 @@ fn merge_layer(
     let mut tags = parent_layer.map(|p| p.tags.clone()).unwrap_or_default();
     tags.extend(doc.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
 
-    let mut software = parent_layer.map(|p| p.software.clone()).unwrap_or_default();
+    let mut software = parent_layer
+        .map(|p| accumulated_software(layers, &p.chain))
+        .unwrap_or_default();
     let mut own_software: BTreeMap<Manager, Vec<String>> = BTreeMap::new();
     for (manager, list) in doc.software.lists() {
         for spec in list {
@@ -651,18 +658,17 @@ fn merge_layer(
         file: t.file.clone(),
         path: t.path.clone(),
         description: doc.description.clone(),
-        source: doc.source.as_ref().map(|s| s.value.clone()),
+        source: doc.source.as_ref().map(|s| Box::new(s.value.clone())),
         regions: doc.regions.clone(),
-        rebuild: doc.rebuild.clone(),
+        rebuild: doc.rebuild.clone().map(Box::new),
         own_variables: doc.variables.keys().cloned().collect(),
-        own_build: doc.build.clone(),
+        own_build: Box::new(doc.build.clone()),
         parent,
         children: Vec::new(),
         chain,
-        build,
+        build: Box::new(build),
         variables,
         tags,
-        software,
         own_software,
         files,
         steps,
@@ -670,6 +676,23 @@ fn merge_layer(
         timeout,
         inputs_json: String::new(),
     }
+}
+
+/// The software lists accumulated along `chain` (root first): each
+/// layer's own delta, in chain order, with the layer it came from.
+fn accumulated_software(layers: &[Layer], chain: &[usize]) -> BTreeMap<Manager, Vec<Package>> {
+    let mut out: BTreeMap<Manager, Vec<Package>> = BTreeMap::new();
+    for &i in chain {
+        for (manager, list) in &layers[i].own_software {
+            out.entry(*manager)
+                .or_default()
+                .extend(list.iter().map(|spec| Package {
+                    spec: spec.clone(),
+                    from: layers[i].name.clone(),
+                }));
+        }
+    }
+    out
 }
 
 /// Where `spec` was written in the template named `from` (an ancestor).
