@@ -584,6 +584,7 @@ pub fn run(args: PlanArgs) -> Result<i32> {
         TextOrJson::Json => super::print_json(&plan_json(&prepared.project, &plan))?,
         TextOrJson::Text => print_plan_text(&prepared.project, &plan),
     }
+    prepared.project.save_memo_later();
     Ok(0)
 }
 

@@ -87,8 +87,8 @@ impl Fingerprint {
         self.mode & 0o170000 == 0o040000
     }
 
-    /// Modified too recently (relative to `start_ns`) to be trusted.
-    fn racy(&self, start_ns: i64) -> bool {
+    /// When a load starting then may trust this version.
+    fn settled_at(&self) -> i64 {
         let whole_seconds =
             self.mtime_ns % 1_000_000_000 == 0 || self.ctime_ns % 1_000_000_000 == 0;
         let margin = if whole_seconds {
@@ -96,7 +96,12 @@ impl Fingerprint {
         } else {
             RACY_MARGIN
         };
-        self.mtime_ns.max(self.ctime_ns) >= start_ns - margin.as_nanos() as i64
+        self.mtime_ns.max(self.ctime_ns) + margin.as_nanos() as i64
+    }
+
+    /// Modified too recently (relative to `start_ns`) to be trusted.
+    fn racy(&self, start_ns: i64) -> bool {
+        self.settled_at() > start_ns
     }
 }
 
@@ -141,6 +146,16 @@ impl DirInputs {
     fn unchanged(&self) -> bool {
         false
     }
+}
+
+/// Why a memo was not saved.
+#[derive(Debug, PartialEq, Eq)]
+enum Skip {
+    /// An input was written moments before loading began; the newest
+    /// input's time, in nanoseconds since the epoch.
+    Racy(i64),
+    /// An input vanished, or its name is not UTF-8.
+    Unusable,
 }
 
 /// Written compactly (MessagePack arrays): it is read on every load.
@@ -212,12 +227,19 @@ impl Memo {
     /// Saves `layers`, loaded from `reads` (files and directories, followed
     /// through links). Directory inputs are fingerprinted with everything
     /// inside them. Not saved (and any old memo removed) while an input is
-    /// racy; failures only cost the next load its shortcut.
-    pub fn save(&self, reads: &[PathBuf], layers: &[Layer]) {
-        let Some(inputs) = self.fingerprint(reads) else {
-            tracing::debug!("load memo not saved: inputs changed moments ago");
-            let _ = std::fs::remove_file(&self.file);
-            return;
+    /// racy, which returns when they will have settled (nanoseconds since
+    /// the epoch); other failures only cost the next load its shortcut.
+    pub fn save(&self, reads: &[PathBuf], layers: &[Layer]) -> Result<(), i64> {
+        let inputs = match self.fingerprint(reads) {
+            Ok(inputs) => inputs,
+            Err(why) => {
+                tracing::debug!("load memo not saved: {why:?}");
+                let _ = std::fs::remove_file(&self.file);
+                return match why {
+                    Skip::Racy(newest) => Err(newest),
+                    Skip::Unusable => Ok(()),
+                };
+            }
         };
         let header = Header {
             format: MEMO_FORMAT,
@@ -229,17 +251,18 @@ impl Memo {
         if let Err(e) = self.write(&header, layers) {
             tracing::debug!("load memo not saved to {}: {e}", self.file.display());
         }
+        Ok(())
     }
 
     /// Fingerprints of `reads` (and what is inside directories among
-    /// them), grouped by directory; `None` if one is racy or unreadable.
-    fn fingerprint(&self, reads: &[PathBuf]) -> Option<Vec<DirInputs>> {
+    /// them), grouped by directory.
+    fn fingerprint(&self, reads: &[PathBuf]) -> Result<Vec<DirInputs>, Skip> {
         let mut found: Vec<(PathBuf, bool)> = Vec::with_capacity(reads.len());
         for path in reads {
             found.push((path.clone(), true));
-            if Fingerprint::of(path, true)?.is_dir() {
+            if Fingerprint::of(path, true).ok_or(Skip::Unusable)?.is_dir() {
                 for entry in walkdir::WalkDir::new(path).min_depth(1) {
-                    found.push((entry.ok()?.into_path(), false));
+                    found.push((entry.map_err(|_| Skip::Unusable)?.into_path(), false));
                 }
             }
         }
@@ -247,14 +270,16 @@ impl Memo {
         found.sort_by(|a, b| (a.0.parent(), &a.0).cmp(&(b.0.parent(), &b.0)));
         found.dedup_by(|a, b| a.0 == b.0);
         let mut inputs: Vec<DirInputs> = Vec::new();
+        let mut racy = None;
         for (path, follow) in found {
-            let print = Fingerprint::of(&path, follow)?;
+            let print = Fingerprint::of(&path, follow).ok_or(Skip::Unusable)?;
             if print.racy(self.start_ns) {
-                return None;
+                racy = racy.max(Some(print.settled_at()));
             }
-            let dir = path.parent()?.to_path_buf();
+            let dir = path.parent().ok_or(Skip::Unusable)?.to_path_buf();
+            let name = path.file_name().and_then(|n| n.to_str());
             let entry = Entry {
-                name: path.file_name()?.to_str()?.to_string(),
+                name: name.ok_or(Skip::Unusable)?.to_string(),
                 follow,
                 print,
             };
@@ -266,7 +291,10 @@ impl Memo {
                 }),
             }
         }
-        Some(inputs)
+        match racy {
+            Some(newest) => Err(Skip::Racy(newest)),
+            None => Ok(inputs),
+        }
     }
 
     /// `[header length: u64 LE][header][layers]`: MessagePack, the header
@@ -311,7 +339,7 @@ fn decode_layers(bytes: &[u8]) -> Result<Vec<Layer>, rmp_serde::decode::Error> {
     serde::Deserializer::deserialize_seq(&mut rmp_serde::Deserializer::from_read_ref(bytes), Exact)
 }
 
-fn now_ns() -> i64 {
+pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -117,6 +117,9 @@ pub struct Project {
     pub config: Config,
     pub layers: Vec<Layer>,
     by_name: HashMap<String, usize>,
+    /// The load memo was not saved because inputs had just been written:
+    /// when they settle (see [`Project::save_memo_later`]).
+    memo_pending: Option<i64>,
 }
 
 impl Project {
@@ -160,10 +163,23 @@ impl Project {
         if !diags.is_empty() {
             return Err(Error::Invalid(diags));
         }
+        let mut project = project;
         if let Some(memo) = memo {
-            memo.save(&reads, &project.layers);
+            project.memo_pending = memo.save(&reads, &project.layers).err();
         }
         Ok(project)
+    }
+
+    /// For long commands (`build`, `plan`): when the memo was not saved
+    /// because inputs had been written moments before loading (a repository
+    /// just generated or checked out), load once more now that they have
+    /// settled, so the next command can use it. Best effort.
+    pub fn save_memo_later(&self) {
+        if self.memo_pending.is_some_and(|at| at <= memo::now_ns()) {
+            if let Err(e) = Project::load_memoized(&self.root) {
+                tracing::debug!("load memo not refreshed: {e}");
+            }
+        }
     }
 
     fn from_layers(root: PathBuf, config: Config, layers: Vec<Layer>) -> Project {
@@ -177,6 +193,7 @@ impl Project {
             config,
             layers,
             by_name,
+            memo_pending: None,
         }
     }
 

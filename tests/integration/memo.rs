@@ -165,3 +165,36 @@ fn a_racy_memo_is_not_saved_and_a_corrupt_one_is_ignored() {
     assert!(!used, "a truncated memo was used");
     assert_eq!(after, fresh);
 }
+
+#[test]
+fn a_build_of_a_just_written_repository_saves_the_memo_when_it_ends() {
+    let p = Project::seed();
+    // Loaded moments after the files were written: racy, so not saved at
+    // load time; the build outlasts the margin and saves it at its end.
+    let r = p
+        .cmd(&[
+            "build",
+            "--backend",
+            "simulate",
+            "--simulate-duration",
+            "foundation=0.3",
+        ])
+        .env("AMIMAKE_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("load memo not saved: Racy"),
+        "the load was not racy"
+    );
+    assert_eq!(memo_files(&p), 1, "no memo after the build");
+    let r = p
+        .cmd(&["build", "--backend", "simulate"])
+        .env("AMIMAKE_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("loaded from the load memo"), "{stderr}");
+    assert!(stderr.contains("0 built, 3 reused"), "{stderr}");
+}
