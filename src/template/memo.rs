@@ -19,8 +19,8 @@
 //! turns the memo off, e.g. on a network filesystem whose clock is skewed.
 //!
 //! The memo lives at `<cache dir>/memo/<blake3 of the project root>`: a
-//! header (format, the amimake executable's identity, the inputs), then the
-//! layers, both MessagePack with named fields. Anything unreadable, from another
+//! header (format, the amimake executable's identity), the inputs, then the
+//! layers, in MessagePack. Anything unreadable, from another
 //! amimake binary, or stale is ignored and replaced: the memo is only ever
 //! a shortcut to what loading would compute.
 
@@ -33,7 +33,7 @@ use crate::template::resolve::Layer;
 
 /// Bump when the memo's layout or the meaning of a loaded [`Layer`] changes
 /// within one amimake version.
-const MEMO_FORMAT: u32 = 1;
+const MEMO_FORMAT: u32 = 2;
 
 /// Inputs modified this close to the start of loading keep a memo from
 /// being saved (timestamps come from a coarse clock).
@@ -158,7 +158,7 @@ enum Skip {
     Unusable,
 }
 
-/// Written compactly (MessagePack arrays): it is read on every load.
+/// What must match before anything else is read.
 #[derive(Serialize, Deserialize)]
 struct Header {
     format: u32,
@@ -166,7 +166,6 @@ struct Header {
     /// The running executable: another build of amimake may load differently.
     exe: Option<Fingerprint>,
     root: PathBuf,
-    inputs: Vec<DirInputs>,
 }
 
 /// Where a project's memo lives, and when loading began.
@@ -196,8 +195,8 @@ impl Memo {
     /// The saved layers, if every input is exactly as it was when saved.
     pub fn load(&self) -> Option<Vec<Layer>> {
         let bytes = std::fs::read(&self.file).ok()?;
-        let (len, rest) = bytes.split_first_chunk::<8>()?;
-        let (header, layers) = rest.split_at_checked(u64::from_le_bytes(*len) as usize)?;
+        let (header, rest) = section(&bytes)?;
+        let (inputs, layers) = section(rest)?;
         let header: Header = rmp_serde::from_slice(header).ok()?;
         if header.format != MEMO_FORMAT
             || header.version != env!("CARGO_PKG_VERSION")
@@ -207,10 +206,14 @@ impl Memo {
         {
             return None;
         }
-        // Inputs are checked on a second thread while this one decodes
-        // (into its own allocator arena, where the project then lives).
+        // Inputs are decoded and checked on a second thread while this one
+        // decodes the layers (into its allocator arena, where the project
+        // then lives).
         let (unchanged, decoded) = std::thread::scope(|s| {
-            let checking = s.spawn(|| header.inputs.iter().all(DirInputs::unchanged));
+            let checking = s.spawn(|| {
+                rmp_serde::from_slice::<Vec<DirInputs>>(inputs)
+                    .is_ok_and(|inputs| inputs.iter().all(DirInputs::unchanged))
+            });
             let decoded = decode_layers(layers);
             (checking.join().unwrap_or(false), decoded)
         });
@@ -246,9 +249,8 @@ impl Memo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             exe: exe_fingerprint(),
             root: self.root.clone(),
-            inputs,
         };
-        if let Err(e) = self.write(&header, layers) {
+        if let Err(e) = self.write(&header, &inputs, layers) {
             tracing::debug!("load memo not saved to {}: {e}", self.file.display());
         }
         Ok(())
@@ -297,22 +299,67 @@ impl Memo {
         }
     }
 
-    /// `[header length: u64 LE][header][layers]`: MessagePack, the header
-    /// compact, the layers with named fields (their types skip empty
-    /// fields when serialized).
-    fn write(&self, header: &Header, layers: &[Layer]) -> std::io::Result<()> {
+    /// `[length: u64 LE][header][length][inputs][layers]`, each compact
+    /// MessagePack (arrays, not maps; see [`self_describing`] for the
+    /// parts that are not).
+    fn write(
+        &self,
+        header: &Header,
+        inputs: &[DirInputs],
+        layers: &[Layer],
+    ) -> std::io::Result<()> {
         use std::io::Write;
         let encode = |e: rmp_serde::encode::Error| std::io::Error::other(e);
         let header = rmp_serde::to_vec(header).map_err(encode)?;
-        let layers = rmp_serde::to_vec_named(layers).map_err(encode)?;
+        let inputs = rmp_serde::to_vec(inputs).map_err(encode)?;
+        let layers = rmp_serde::to_vec(layers).map_err(encode)?;
         let dir = self.file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&(header.len() as u64).to_le_bytes())?;
-        tmp.write_all(&header)?;
+        for part in [&header, &inputs] {
+            tmp.write_all(&(part.len() as u64).to_le_bytes())?;
+            tmp.write_all(part)?;
+        }
         tmp.write_all(&layers)?;
         tmp.persist(&self.file).map_err(|e| e.error)?;
         Ok(())
+    }
+}
+
+/// A length-prefixed section of a memo file, and the rest.
+fn section(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<8>()?;
+    rest.split_at_checked(usize::try_from(u64::from_le_bytes(*len)).ok()?)
+}
+
+/// A serde `with` module for layer fields whose types skip empty fields
+/// when serialized (for `show`): such a value cannot sit in a compact
+/// stream, where fields are known by position, so it is kept there as a
+/// nested MessagePack blob with named fields.
+pub mod self_describing {
+    use serde::de::{DeserializeOwned, Error as _, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = rmp_serde::to_vec_named(value).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        struct Blob<T>(std::marker::PhantomData<T>);
+        impl<T: DeserializeOwned> Visitor<'_> for Blob<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a MessagePack blob")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<T, E> {
+                rmp_serde::from_slice(bytes).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(Blob(std::marker::PhantomData))
+            .map_err(|e| D::Error::custom(format!("nested value: {e}")))
     }
 }
 

@@ -64,14 +64,17 @@ pub struct Layer {
     pub path: PathBuf,
     pub description: Option<String>,
     /// The base image (roots only).
+    #[serde(with = "memo::self_describing")]
     pub source: Option<Box<Source>>,
     /// Regions to copy the image to after a build.
     pub regions: Vec<String>,
+    #[serde(with = "memo::self_describing")]
     pub rebuild: Option<Box<RebuildPolicy>>,
     /// Variables this template sets itself, so `explain` can tell its own
     /// changes from inherited ones.
     pub own_variables: Vec<String>,
     /// The `build:` block as written in this template.
+    #[serde(with = "memo::self_describing")]
     pub own_build: Box<BuildSettings>,
     pub parent: Option<usize>,
     pub children: Vec<usize>,
@@ -79,6 +82,7 @@ pub struct Layer {
     pub chain: Vec<usize>,
     /// Effective settings (boxed, like the other large, rarely used parts:
     /// a layer stays small in memory).
+    #[serde(with = "memo::self_describing")]
     pub build: Box<BuildSettings>,
     pub variables: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,

@@ -69,9 +69,38 @@ fn unchanged_repository_loads_from_the_memo_and_every_edit_invalidates_it() {
         "templates/tools.yaml",
         "extends: foundation\nfiles: [{src: ../files/conf.d, dest: /etc/conf.d}]\n",
     );
+    p.file(
+        "templates/foundation.yaml",
+        &(p.read("templates/foundation.yaml") + "rebuild: {max_age: 7d}\nregions: [eu-west-1]\n"),
+    );
     std::thread::sleep(SETTLE);
     let mut last = check_edit(&p, "first load", |_| {});
     assert_eq!(memo_files(&p), 1);
+    // Everything a layer holds survives the memo: the resolved view of
+    // every template is the same with and without it.
+    for name in ["foundation", "gromacs", "namd", "tools"] {
+        let args = [
+            "show",
+            name,
+            "--resolved",
+            "--format",
+            "json",
+            "--backend",
+            "simulate",
+        ];
+        let from_memo = p.cmd(&args).output().unwrap();
+        let fresh = p
+            .cmd(&args)
+            .env("AMIMAKE_LOAD_MEMO", "off")
+            .output()
+            .unwrap();
+        assert!(fresh.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&from_memo.stdout),
+            String::from_utf8_lossy(&fresh.stdout),
+            "show --resolved {name} differs through the memo"
+        );
+    }
 
     // Same size, same second: only content differs.
     let next = check_edit(&p, "script edited in place", |p| {
