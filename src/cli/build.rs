@@ -169,7 +169,9 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         reporter.as_mut(),
     ))?;
 
-    project.save_memo_later();
+    if !outcome.interrupted {
+        project.save_memo_later();
+    }
     let mut copy_failures = 0;
     if let (Live::Ec2 { aws, account, .. }, false) = (&prepared.live, outcome.interrupted) {
         let replicas: Vec<crate::builder::ec2::Replica> = plan

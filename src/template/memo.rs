@@ -182,13 +182,14 @@ pub fn disabled() -> bool {
 }
 
 impl Memo {
-    /// The memo of the project at (canonical) `root`, kept under `dir`.
-    pub fn new(dir: &Path, root: &Path) -> Memo {
+    /// The memo of the project at (canonical) `root`, kept under `dir`,
+    /// for a load that began at `start_ns` (before anything was read).
+    pub fn new(dir: &Path, root: &Path, start_ns: i64) -> Memo {
         let key = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
         Memo {
             file: dir.join(&key[..32]),
             root: root.to_path_buf(),
-            start_ns: now_ns(),
+            start_ns,
         }
     }
 

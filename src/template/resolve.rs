@@ -141,11 +141,12 @@ impl Project {
     }
 
     fn load_with_memo(root: &Path, use_memo: bool) -> Result<Project> {
+        let start_ns = memo::now_ns();
         let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
         let config = config::load_config(&root).map_err(|d| Error::Invalid(vec![d]))?;
         let memo = use_memo.then(|| {
             let cache = crate::cache::sqlite::cache_dir(config.cache.dir.as_deref(), &root);
-            Memo::new(&cache.join("memo"), &root)
+            Memo::new(&cache.join("memo"), &root, start_ns)
         });
         if let Some(layers) = memo.as_ref().and_then(Memo::load) {
             tracing::debug!("{} layers loaded from the load memo", layers.len());
