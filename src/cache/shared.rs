@@ -201,14 +201,7 @@ impl SharedCache {
         hash: &LayerHash,
         target: &str,
     ) -> Result<Option<(RemoteRecord, String)>, AwsError> {
-        let key = self.key("layers", hash.as_str(), target);
-        self.guard()?;
-        let Some((bytes, etag)) = self
-            .aws
-            .get_object_etag(&self.bucket, &key)
-            .await
-            .map_err(|e| self.tripped(e))?
-        else {
+        let Some((key, bytes, etag)) = self.fetch(hash, target).await? else {
             return Ok(None);
         };
         let record: RemoteRecord = match serde_json::from_slice(&bytes) {
@@ -453,14 +446,26 @@ impl SharedCache {
         hash: &LayerHash,
         target: &str,
     ) -> Result<Option<(RemoteRecord, String)>, AwsError> {
+        Ok(self
+            .fetch(hash, target)
+            .await?
+            .and_then(|(_, bytes, etag)| Some((serde_json::from_slice(&bytes).ok()?, etag))))
+    }
+
+    /// The record object for (hash, target): its key, bytes and ETag.
+    async fn fetch(
+        &self,
+        hash: &LayerHash,
+        target: &str,
+    ) -> Result<Option<(String, Vec<u8>, String)>, AwsError> {
         let key = self.key("layers", hash.as_str(), target);
         self.guard()?;
-        Ok(self
+        let found = self
             .aws
             .get_object_etag(&self.bucket, &key)
             .await
-            .map_err(|e| self.tripped(e))?
-            .and_then(|(bytes, etag)| Some((serde_json::from_slice(&bytes).ok()?, etag))))
+            .map_err(|e| self.tripped(e))?;
+        Ok(found.map(|(bytes, etag)| (key, bytes, etag)))
     }
 
     /// Every record key's (hash, target) under the prefix.

@@ -367,3 +367,27 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 fn is_executable(_: &std::fs::Metadata) -> bool {
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `hash_all` hashes the canonical inputs stored on each layer; the
+    /// record built later (for the cache and `explain`) must hash the same.
+    #[test]
+    fn records_hash_like_hash_all() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testgen::generate_repo(dir.path(), 40).unwrap();
+        let project = Project::load(dir.path()).unwrap();
+        let hashes = hash_all(&project, |layer| RootSource::Resolved {
+            identity: format!("test:{}", layer.name()),
+            image: None,
+        });
+        for (i, state) in hashes.iter().enumerate() {
+            let HashState::Known(hash, parent) = state else {
+                panic!("layer {i} unresolved");
+            };
+            assert_eq!(&layer_record(&project, i, parent).hash(), hash, "layer {i}");
+        }
+    }
+}

@@ -15,7 +15,8 @@
 //! the first time just before amimake read it. As git does with "racily
 //! clean" entries, a memo is not saved while any input was modified less
 //! than [`RACY_MARGIN`] (2 s on filesystems with whole-second timestamps)
-//! before loading began; the next load saves it. `AMIMAKE_LOAD_MEMO=off`
+//! before loading began; the next load saves it (`build` and `plan` load
+//! once more when they end, see `Project::save_memo_later`). `AMIMAKE_LOAD_MEMO=off`
 //! turns the memo off, e.g. on a network filesystem whose clock is skewed.
 //!
 //! The memo lives at `<cache dir>/memo/<blake3 of the project root>`: a

@@ -9,24 +9,7 @@ type Results = BTreeMap<String, (String, Option<String>)>;
 
 /// Builds with `--summary` and returns the run, results and summary JSON.
 fn build(p: &Project, extra: &[&str]) -> (Run, Results, serde_json::Value) {
-    let summary = p
-        .cache
-        .path()
-        .join(format!("summary-{}.json", std::process::id()));
-    let mut args = vec![
-        "build",
-        "--backend",
-        "simulate",
-        "--summary",
-        summary.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let run = p.run(&args);
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary)
-            .unwrap_or_else(|_| panic!("no summary:\n{}", run.stderr())),
-    )
-    .unwrap();
+    let (run, json) = p.build_summary("simulate", extra);
     let results = json["layers"]
         .as_array()
         .unwrap()
@@ -48,15 +31,6 @@ fn results(map: &Results) -> Vec<(String, String)> {
     map.iter()
         .map(|(k, (r, _))| (k.clone(), r.clone()))
         .collect()
-}
-
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = v
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    out.sort();
-    out
 }
 
 fn plan(p: &Project, extra: &[&str]) -> serde_json::Value {

@@ -45,17 +45,7 @@ pub(crate) fn amimake(p: &Project, moto: &Moto, args: &[&str]) -> Run {
 pub(crate) fn images_by_layer(
     summary: &serde_json::Value,
 ) -> std::collections::BTreeMap<String, String> {
-    summary["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| {
-            Some((
-                l["name"].as_str()?.to_string(),
-                l["image"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
+    by_name(summary, "image")
 }
 
 pub(crate) fn tag<'a>(img: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {

@@ -23,39 +23,10 @@ fn tree(p: &Project, hash: &str) -> PathBuf {
         .join("rootfs")
 }
 
+/// A local build: the run and each layer's result, sorted by name.
 fn results(p: &Project, extra: &[&str]) -> (Run, Vec<(String, String)>) {
-    let summary = p.cache.path().join("local-summary.json");
-    let mut args = vec![
-        "build",
-        "--backend",
-        "local",
-        "--summary",
-        summary.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let r = p.run(&args);
-    let s: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary).unwrap_or_else(|_| panic!("no summary: {}", r.stderr())),
-    )
-    .unwrap();
-    let out = s["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["name"].as_str().unwrap().to_string(),
-                l["result"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    (r, out)
-}
-
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
+    let (r, summary) = p.build_summary("local", extra);
+    (r, by_name(&summary, "result").into_iter().collect())
 }
 
 #[test]

@@ -52,13 +52,7 @@ fn check_edit(p: &Project, what: &str, edit: impl FnOnce(&Project)) -> serde_jso
 }
 
 fn hash_of(json: &serde_json::Value, name: &str) -> String {
-    json["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name)
-        .map(|l| l["hash"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
+    by_name(json, "hash").remove(name).unwrap_or_default()
 }
 
 #[test]

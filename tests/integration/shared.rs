@@ -4,16 +4,11 @@
 
 use std::time::Duration;
 
+use crate::ec2::amimake;
 use crate::moto::{Moto, BUCKET};
 use crate::support::*;
 
 const SHARED: &str = "s3://amimake-artifacts/team-cache";
-
-fn amimake(p: &Project, moto: &Moto, args: &[&str]) -> Run {
-    let mut c = p.cmd(args);
-    moto.env(&mut c);
-    Run(c.output().unwrap())
-}
 
 /// The seed project with a shared cache (and optional extra config).
 fn seed_shared(extra: &str) -> Project {

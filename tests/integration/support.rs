@@ -156,16 +156,57 @@ impl Project {
         let v = self
             .ok(&["hash", "--format", "json", "--backend", backend])
             .json();
-        v["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| {
-                Some((
-                    l["name"].as_str()?.to_string(),
-                    l["hash"].as_str()?.to_string(),
-                ))
-            })
-            .collect()
+        by_name(&v, "hash")
     }
+
+    /// `build --backend B --summary FILE EXTRA...`: the run and the summary.
+    pub fn build_summary(&self, backend: &str, extra: &[&str]) -> (Run, serde_json::Value) {
+        let summary = self
+            .cache
+            .path()
+            .join(format!("summary-{backend}-{}.json", std::process::id()));
+        let mut args = vec![
+            "build",
+            "--backend",
+            backend,
+            "--summary",
+            summary.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let run = self.run(&args);
+        let json = serde_json::from_str(
+            &std::fs::read_to_string(&summary)
+                .unwrap_or_else(|_| panic!("no summary:\n{}", run.stderr())),
+        )
+        .unwrap();
+        (run, json)
+    }
+}
+
+/// name -> `field` (a string) of each entry of `json["layers"]` that has one.
+pub fn by_name(
+    json: &serde_json::Value,
+    field: &str,
+) -> std::collections::BTreeMap<String, String> {
+    json["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["name"].as_str()?.to_string(),
+                l[field].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Owned, sorted pairs, to compare with [`by_name`] maps turned to vectors.
+pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    out.sort();
+    out
 }
